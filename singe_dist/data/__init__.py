@@ -1,0 +1,1 @@
+"""Data: the bundled digits set and ImageNet-style webdataset shards."""

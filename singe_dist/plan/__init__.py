@@ -1,0 +1,1 @@
+"""Pruning decisions: cost of channels, global selection under a budget, and replayable plans."""

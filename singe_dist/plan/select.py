@@ -1,0 +1,134 @@
+"""Global selection: which channels to remove to reach a MACs or parameter budget.
+
+Relevances of all groups are in the same units (an estimated loss increase for SInGE), so channels
+are ranked globally, least relevant first, optionally per unit of cost saved. Removal proceeds in
+that order, skipping channels that would break a constraint, until the budget is met; the exact
+cost model makes it stop at the first channel that reaches the target, so the budget is met within
+one channel's cost. Ties are broken by (relevance, group id, channel index) so every rank of a
+distributed run takes the same decision from the same scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from singe_dist.errors import SingeError
+from singe_dist.plan.cost import CostModel
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Limits on what a single group may lose.
+
+    ``min_keep_fraction`` and ``min_keep`` bound the channels kept per group (both apply, relative
+    to the group's width in the *original* model when ``original_sizes`` is given); ``round_to``
+    keeps every pruned group's width a multiple of that number (8 suits GPU tensor cores).
+    """
+
+    min_keep_fraction: float = 0.1
+    min_keep: int = 1
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_keep_fraction < 1.0:
+            raise SingeError(f"min_keep_fraction must be in [0, 1), got {self.min_keep_fraction}")
+        if self.min_keep < 1:
+            raise SingeError(f"min_keep must be >= 1, got {self.min_keep}")
+        if self.round_to < 1:
+            raise SingeError(f"round_to must be >= 1, got {self.round_to}")
+
+
+@dataclass
+class Selection:
+    """The channels chosen per group (indices in the current model) and the predicted footprint."""
+
+    channels: dict[str, list[int]] = field(default_factory=dict)
+    macs: int = 0
+    params: int = 0
+    target: float = 0.0
+    last_unit_cost: int = 0
+    reached: bool = False
+
+
+def _units(group_id: str, scores: torch.Tensor, round_to: int, max_remove: int) -> list[tuple[float, list[int]]]:
+    """Split a group's channels into removal units, least relevant first.
+
+    Without rounding every channel is a unit. With ``round_to = r`` the first unit brings the width
+    down to a multiple of r and every later unit removes r channels, so any prefix of the units
+    leaves a width that is a multiple of r.
+    """
+    order = sorted(range(len(scores)), key=lambda k: (float(scores[k]), k))
+    size = len(scores)
+    units: list[tuple[float, list[int]]] = []
+    start = 0
+    first = size % round_to if round_to > 1 else 1
+    step = first or round_to
+    while start + step <= max_remove:
+        members = order[start : start + step]
+        units.append((float(sum(float(scores[k]) for k in members)), members))
+        start += step
+        step = round_to if round_to > 1 else 1
+    return units
+
+
+def select_channels(
+    scores: Mapping[str, torch.Tensor],
+    cost: CostModel,
+    metric: str,
+    target: float,
+    constraints: Constraints = Constraints(),
+    normalize_by_cost: bool = False,
+    original_sizes: Mapping[str, int] | None = None,
+) -> Selection:
+    """Choose channels to remove until the model's ``metric`` ('macs' or 'params') is <= ``target``.
+
+    ``scores`` maps group id to one relevance per channel of the current model (higher = keep).
+    """
+    if metric not in ("macs", "params"):
+        raise SingeError(f"budget metric must be 'macs' or 'params', got {metric!r}")
+    unknown = [g for g in scores if g not in cost._groups_of_layer]  # noqa: SLF001
+    if unknown:
+        raise SingeError(f"relevance names group {unknown[0]!r}, which the model does not have")
+    current = cost.footprint().get(metric)
+    selection = Selection(target=target, macs=cost.macs, params=cost.params)
+    if current <= target:
+        selection.reached = True
+        return selection
+    per_channel = cost.channel_costs()
+    candidates = []
+    for gid in sorted(scores):
+        s = scores[gid].detach().double().cpu()
+        if not torch.isfinite(s).all():
+            raise SingeError(f"relevance of group {gid!r} is not finite")
+        size = len(s)
+        reference = (original_sizes or {}).get(gid, size)
+        keep = max(constraints.min_keep, math.ceil(constraints.min_keep_fraction * reference))
+        if constraints.round_to > 1:
+            keep = max(constraints.round_to, math.ceil(keep / constraints.round_to) * constraints.round_to)
+        max_remove = max(0, size - keep)
+        unit_cost = per_channel[gid][0 if metric == "macs" else 1]
+        for unit_score, members in _units(gid, s, constraints.round_to, max_remove):
+            key = unit_score / max(1, unit_cost * len(members)) if normalize_by_cost else unit_score / len(members)
+            candidates.append((key, gid, min(members), members))
+    candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+    # units of one group must go in order (each unit assumes the previous ones are gone)
+    taken: dict[str, int] = {}
+    pending = {gid: [c for c in candidates if c[1] == gid] for gid in scores}
+    for _key, gid, _first, members in candidates:
+        queue = pending[gid]
+        unit = queue[taken.get(gid, 0)]  # next unit of this group in its own order
+        taken[gid] = taken.get(gid, 0) + 1
+        saved_macs, saved_params = cost.remove(gid, len(unit[3]))
+        selection.channels.setdefault(gid, []).extend(unit[3])
+        selection.last_unit_cost = saved_macs if metric == "macs" else saved_params
+        if cost.footprint().get(metric) <= target:
+            selection.reached = True
+            break
+    selection.macs, selection.params = cost.macs, cost.params
+    for gid in selection.channels:
+        selection.channels[gid] = sorted(selection.channels[gid])
+    return selection

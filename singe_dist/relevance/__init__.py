@@ -1,0 +1,1 @@
+"""Channel relevance: dependency groups, the removal path (gates) and the criteria."""

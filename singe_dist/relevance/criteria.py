@@ -1,0 +1,323 @@
+"""Relevance criteria: SInGE (integrated gradients along the removal path) and the baselines.
+
+Every criterion returns one score per channel of every group, higher = more relevant = kept.
+
+Data-driven criteria (``singe``, ``taylor``) accumulate *sums and counts* of the path derivative
+``dL/dmu`` at each quadrature point over any iterable of batches. Sums and counts add exactly, so
+two halves of the calibration data, or the shares of N distributed workers combined by one
+``all_reduce(SUM)``, give exactly the relevance of the whole. Only :meth:`RelevanceSums.finalize`
+turns them into scores.
+
+SInGE relevance of channel k (design notes, section 2)::
+
+    R_k = L(k removed) - L(k present) ~= - sum_s w_s * E_data[dL/dmu_k](mu_s)
+
+so ``reduce="signed"`` is an estimate, in loss units, of the loss increase its removal causes
+(integrated-gradient completeness), comparable across layers. ``reduce="abs"`` averages
+``|E_data[dL/dmu_k]|`` along the path. Taylor is ``|E_data[dL/dmu_k]|`` at the single point mu = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from singe_dist.errors import SingeError
+from singe_dist.relevance.groups import ChannelGroup, Gates
+
+CRITERIA = ("singe", "taylor", "magnitude", "random")
+
+
+@dataclass(frozen=True)
+class CriterionConfig:
+    """How relevance is computed. Defaults follow the design notes (S = 8, midpoint rule)."""
+
+    name: Literal["singe", "taylor", "magnitude", "random"] = "singe"
+    path: Literal["group", "channel"] = "group"
+    steps: int = 8
+    rule: Literal["midpoint", "trapezoid"] = "midpoint"
+    reduce: Literal["signed", "abs"] = "signed"
+    loss: Literal["ce", "kl"] = "ce"
+    norm: Literal[1, 2] = 2  # magnitude: L1 or L2 of the group's weights
+    seed: int = 0  # random
+    max_rows: int = 256  # samples x path points evaluated in one forward/backward pass
+
+    def __post_init__(self) -> None:
+        choices = {
+            "name": CRITERIA,
+            "path": ("group", "channel"),
+            "rule": ("midpoint", "trapezoid"),
+            "reduce": ("signed", "abs"),
+            "loss": ("ce", "kl"),
+            "norm": (1, 2),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise SingeError(f"criterion {key} must be one of {', '.join(map(str, allowed))}; got {getattr(self, key)!r}")
+        if self.steps < 1 or (self.rule == "trapezoid" and self.steps < 2):
+            raise SingeError(f"criterion steps must be >= 1 (>= 2 for trapezoid), got {self.steps}")
+        if self.max_rows < 1:
+            raise SingeError(f"criterion max_rows must be >= 1, got {self.max_rows}")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.name in ("singe", "taylor")
+
+
+def path_points(steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quadrature points mu_s in [0, 1] and weights (summing to 1) for the integral over the path."""
+    if rule == "midpoint":
+        points = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+        weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    else:
+        points = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+        weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
+        weights[0] = weights[-1] = 0.5 / (steps - 1)
+    return points, weights
+
+
+@dataclass
+class RelevanceSums:
+    """Per group: sum of ``dL/dmu_k`` at each path point (shape ``(S, K)``), and how many samples."""
+
+    points: torch.Tensor
+    weights: torch.Tensor
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)
+    loss_sum: float = 0.0
+    samples: int = 0
+
+    @classmethod
+    def empty(cls, groups: Sequence[ChannelGroup], points: torch.Tensor, weights: torch.Tensor) -> RelevanceSums:
+        shape = lambda g: (len(points), g.size)  # noqa: E731
+        return cls(
+            points=points,
+            weights=weights,
+            sums={g.id: torch.zeros(shape(g), dtype=torch.float64) for g in groups},
+            counts={g.id: torch.zeros(shape(g), dtype=torch.float64) for g in groups},
+        )
+
+    def merge(self, other: RelevanceSums) -> RelevanceSums:
+        """Add another share's sums and counts (exact: the relevance of the union of the data)."""
+        for gid in self.sums:
+            self.sums[gid] += other.sums[gid]
+            self.counts[gid] += other.counts[gid]
+        self.loss_sum += other.loss_sum
+        self.samples += other.samples
+        return self
+
+    def flatten(self) -> torch.Tensor:
+        """All sums and counts in one float64 vector, in group-id order: one all-reduce moves it."""
+        parts = [self.sums[g].flatten() for g in sorted(self.sums)] + [self.counts[g].flatten() for g in sorted(self.counts)]
+        parts.append(torch.tensor([self.loss_sum, float(self.samples)], dtype=torch.float64))
+        return torch.cat(parts)
+
+    def load_flat(self, flat: torch.Tensor) -> RelevanceSums:
+        """Inverse of :meth:`flatten` (after an all-reduce)."""
+        offset = 0
+        for table in (self.sums, self.counts):
+            for gid in sorted(table):
+                n = table[gid].numel()
+                table[gid] = flat[offset : offset + n].view_as(table[gid]).clone()
+                offset += n
+        self.loss_sum, self.samples = float(flat[offset]), int(round(float(flat[offset + 1])))
+        return self
+
+    def integrand(self) -> dict[str, torch.Tensor]:
+        """Mean ``dL/dmu_k`` over the data at each path point, shape ``(S, K)`` per group."""
+        out = {}
+        for gid, total in self.sums.items():
+            count = self.counts[gid]
+            if (count == 0).any():
+                raise SingeError(f"calibration data is empty: no samples reached group {gid!r}")
+            out[gid] = total / count
+        return out
+
+    def finalize(self, reduce: str = "signed") -> dict[str, torch.Tensor]:
+        """Relevance per channel: ``-sum_s w_s E[dL/dmu](mu_s)`` (signed) or ``sum_s w_s |E[...]|`` (abs)."""
+        scores = {}
+        for gid, mean in self.integrand().items():
+            w = self.weights.view(-1, 1)
+            scores[gid] = (w * mean.abs()).sum(0) if reduce == "abs" else -(w * mean).sum(0)
+        return scores
+
+
+def _row_losses(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
+    if teacher is None:
+        return F.cross_entropy(logits, labels, reduction="none")
+    return F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True, reduction="none").sum(1)
+
+
+class _PathEvaluator:
+    """Evaluates ``dL/dmu`` for many (sample, channel, path point) rows with per-sample gates."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], config: CriterionConfig) -> None:
+        self.model = model
+        self.groups = groups
+        self.config = config
+        self.gates = Gates(groups)
+        self.device = next(model.parameters()).device
+
+    def rows(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        teacher: torch.Tensor | None,
+        sample_idx: torch.Tensor,
+        gate_values: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Gradients of the summed loss of the rows with respect to each group's gate matrix."""
+        for g in gate_values.values():
+            g.requires_grad_(True)
+        with self.gates.active(gate_values):
+            logits = self.model(x[sample_idx])
+        losses = _row_losses(logits, y[sample_idx], None if teacher is None else teacher[sample_idx])
+        total = losses.sum()
+        if not torch.isfinite(total):
+            raise SingeError("non-finite loss during relevance estimation (check the data, labels and checkpoint)")
+        grads = torch.autograd.grad(total, list(gate_values.values()))
+        return dict(zip(gate_values, grads))
+
+
+def accumulate(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    config: CriterionConfig,
+    sums: RelevanceSums | None = None,
+    channel_share: tuple[int, int] = (0, 1),
+    progress: object | None = None,
+) -> RelevanceSums:
+    """Add the path derivatives of ``batches`` to ``sums`` (a new table when None).
+
+    ``channel_share = (i, n)``: with ``path="channel"``, evaluate only the (channel, point) pairs
+    whose index is ``i`` modulo ``n``; the other shares' sums then complete the table exactly.
+    BatchNorm runs on its running statistics (eval mode) and parameters are frozen, so only the
+    gradients the criterion needs are computed.
+    """
+    if not config.needs_data:
+        raise SingeError(f"criterion {config.name!r} does not use calibration data")
+    if config.name == "taylor":
+        points, weights = torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    else:
+        points, weights = path_points(config.steps, config.rule)
+    sums = sums or RelevanceSums.empty(groups, points, weights)
+    evaluator = _PathEvaluator(model, groups, config)
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for x, y in batches:
+            x, y = x.to(evaluator.device, non_blocking=True), y.to(evaluator.device, non_blocking=True)
+            teacher = None
+            if config.loss == "kl":
+                with torch.no_grad():
+                    teacher = model(x)
+            if config.name == "taylor":
+                _taylor_batch(evaluator, x, y, teacher, sums)
+            elif config.path == "group":
+                _group_path_batch(evaluator, x, y, teacher, sums)
+            else:
+                _channel_path_batch(evaluator, x, y, teacher, sums, channel_share)
+            with torch.no_grad():
+                plain = _row_losses(model(x), y, teacher)
+            sums.loss_sum += float(plain.sum())
+            sums.samples += len(x)
+            if progress is not None:
+                progress.update(len(x))  # type: ignore[attr-defined]
+    finally:
+        model.train(was_training)
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+    if sums.samples == 0:
+        raise SingeError("calibration data is empty: no batch was read")
+    return sums
+
+
+def _chunks(n_rows: int, max_rows: int) -> Iterable[torch.Tensor]:
+    for start in range(0, n_rows, max_rows):
+        yield torch.arange(start, min(n_rows, start + max_rows))
+
+
+def _taylor_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums) -> None:
+    """All groups at mu = 1 at once: one pass gives every group's first-order derivative."""
+    n = len(x)
+    for rows in _chunks(n, ev.config.max_rows):
+        gates = {g.id: torch.ones(len(rows), g.size, device=ev.device) for g in ev.groups}
+        grads = ev.rows(x, y, teacher, rows.to(ev.device), gates)
+        for gid, grad in grads.items():
+            sums.sums[gid][0] += grad.sum(0).double().cpu()
+            sums.counts[gid][0] += len(rows)
+
+
+def _group_path_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums) -> None:
+    """Each group walks its path with all its channels together: rows = (sample, point)."""
+    n, s_count = len(x), len(sums.points)
+    mu = sums.points.to(ev.device, torch.float32)
+    for g in ev.groups:
+        for rows in _chunks(n * s_count, ev.config.max_rows):
+            sample, point = rows % n, rows // n
+            gate = mu[point.to(ev.device)].unsqueeze(1).expand(len(rows), g.size).contiguous()
+            grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate})[g.id].double().cpu()
+            sums.sums[g.id].index_add_(0, point, grad)
+            sums.counts[g.id].index_add_(0, point, torch.ones(len(rows), g.size, dtype=torch.float64))
+
+
+def _channel_path_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums, share: tuple[int, int]) -> None:
+    """Each channel walks its own path, the others at mu = 1: rows = (sample, channel, point)."""
+    n, s_count = len(x), len(sums.points)
+    mu = sums.points.to(ev.device, torch.float32)
+    rank, world = share
+    for g in ev.groups:
+        pairs = torch.arange(g.size * s_count)
+        pairs = pairs[pairs % world == rank]  # pair p = channel * S + point
+        for rows in _chunks(n * len(pairs), ev.config.max_rows):
+            sample, pair = rows % n, pairs[rows // n]
+            channel, point = pair // s_count, pair % s_count
+            gate = torch.ones(len(rows), g.size, device=ev.device)
+            dev_r = torch.arange(len(rows), device=ev.device)
+            gate[dev_r, channel.to(ev.device)] = mu[point.to(ev.device)]
+            grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate})[g.id]
+            picked = grad[dev_r, channel.to(ev.device)].double().cpu()
+            flat_sums = sums.sums[g.id].view(-1)  # (S, K) row-major: index = point * K + channel
+            flat_counts = sums.counts[g.id].view(-1)
+            index = point * g.size + channel
+            flat_sums.index_add_(0, index, picked)
+            flat_counts.index_add_(0, index, torch.ones(len(rows), dtype=torch.float64))
+
+
+def magnitude_scores(groups: Sequence[ChannelGroup], norm: int = 2) -> dict[str, torch.Tensor]:
+    """L1/L2 norm of each channel's weights across the whole group (torch-pruning's group magnitude)."""
+    importance = tp.importance.GroupMagnitudeImportance(p=norm, group_reduction="mean", normalizer=None)
+    return {g.id: importance(g.tp_group).detach().double().cpu() for g in groups}
+
+
+def random_scores(groups: Sequence[ChannelGroup], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Uniform random scores, reproducible from the seed and the group ids."""
+    gen = torch.Generator().manual_seed(seed)
+    return {g.id: torch.rand(g.size, generator=gen, dtype=torch.float64) for g in sorted(groups, key=lambda g: g.id)}
+
+
+def compute_relevance(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
+    config: CriterionConfig,
+) -> dict[str, torch.Tensor]:
+    """One score per channel of every group, through one interface for every criterion."""
+    if config.name == "magnitude":
+        return magnitude_scores(groups, config.norm)
+    if config.name == "random":
+        return random_scores(groups, config.seed)
+    if batches is None:
+        raise SingeError(f"criterion {config.name!r} needs calibration data")
+    sums = accumulate(model, groups, batches, config)
+    return sums.finalize("abs" if config.name == "taylor" else config.reduce)
