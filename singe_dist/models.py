@@ -1,4 +1,4 @@
-"""Model zoo access and safe checkpoints.
+"""Model zoo access: build classifiers by name, never download weights.
 
 Users bring torchvision classifiers (ResNet, MobileNet, VGG, ...); we build them by name with the
 right ``num_classes`` and never download weights (no hub access on clusters behind firewalls, and
@@ -6,17 +6,10 @@ none here). ``digits_resnet`` is a small residual network for the bundled digits
 same structural features as ResNet (residual groups, downsample shortcuts, a linear classifier),
 but trains in seconds on a CPU.
 
-A checkpoint is ``{"arch", "num_classes", "plan", "state_dict"}``: the architecture is rebuilt
-from its name and the plan replayed, so a checkpoint never contains pickled code and is loaded
-with ``torch.load(weights_only=True)``.
+Checkpoints (architecture name + plan + state dict) live in :mod:`singe_dist.checkpoint`.
 """
 
 from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
@@ -24,8 +17,6 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from singe_dist.errors import SingeError
-
-CHECKPOINT_FORMAT = "singe-dist/checkpoint/v1"
 
 
 class DigitsResNet(nn.Module):
@@ -76,67 +67,3 @@ def build_model(name: str, num_classes: int = 1000) -> nn.Module:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise SingeError(f"unknown model name {name!r}{hint}; see `singe-dist models` for the list")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path`` and rename it into place.
-
-    A crash or a full disk mid-write leaves the previous file intact instead of a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights, turning missing, unexpected or mis-shaped keys into one clear line."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (first: {unexpected[0]})")
-        raise SingeError(f"checkpoint {source} does not match the model: {'; '.join(parts)}")
-    for key, tensor in own.items():
-        got = state_dict[key]
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise SingeError(
-                f"checkpoint {source} does not match the model: {key} has shape {shape}, "
-                f"model expects {tuple(tensor.shape)}"
-            )
-    model.load_state_dict(state_dict)
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint file safely (``weights_only=True``) and check its layout.
-
-    Accepts our own format and, for convenience, a bare state dict (as torchvision or a user's
-    training script would save it).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SingeError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SingeError(f"checkpoint {path} cannot be loaded safely: {reason}") from None
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        return obj
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {"format": CHECKPOINT_FORMAT, "arch": None, "num_classes": None, "plan": None,
-                "state_dict": obj}
-    raise SingeError(f"checkpoint {path} is neither a singe-dist checkpoint nor a state dict")

@@ -1,0 +1,140 @@
+"""Checkpoints: architecture name + plan + state dict, never pickled code.
+
+A pruned model is rebuilt by building the original architecture by name and replaying the plan, then
+loading the weights. The file holds only tensors and plain containers, so it is read with
+``torch.load(weights_only=True)``: a file crafted to execute code on unpickling is refused. Writes go
+through a temporary file and a rename, so a crash or a full disk never leaves a truncated checkpoint
+in place of the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from singe_dist.errors import SingeError
+from singe_dist.models import build_model
+from singe_dist.plan.plan import Plan, apply_plan
+
+CHECKPOINT_FORMAT = "singe-dist/checkpoint/v1"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path`` and rename it into place.
+
+    A crash or a full disk mid-write leaves the previous file intact instead of a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, turning missing, unexpected or mis-shaped keys into one clear line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (first: {unexpected[0]})")
+        raise SingeError(f"checkpoint {source} does not match the model: {'; '.join(parts)}")
+    for key, tensor in own.items():
+        got = state_dict[key]
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise SingeError(
+                f"checkpoint {source} does not match the model: {key} has shape {shape}, "
+                f"model expects {tuple(tensor.shape)}"
+            )
+    model.load_state_dict(state_dict)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint file safely (``weights_only=True``) and check its layout.
+
+    Accepts our own format and, for convenience, a bare state dict (as torchvision or a user's
+    training script would save it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SingeError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SingeError(f"checkpoint {path} cannot be loaded safely: {reason}") from None
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"format": CHECKPOINT_FORMAT, "arch": None, "num_classes": None, "plan": None,
+                "state_dict": obj}
+    raise SingeError(f"checkpoint {path} is neither a singe-dist checkpoint nor a state dict")
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    arch: str,
+    num_classes: int,
+    plan: Plan | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model`` as (arch, num_classes, plan, state dict) atomically."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "num_classes": num_classes,
+        "plan": plan.to_dict() if plan is not None else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    payload.update(extra or {})
+    atomic_torch_save(payload, path)
+
+
+def load_model(
+    path: str | os.PathLike[str] | None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, str, int, Plan | None]:
+    """Build the model a checkpoint describes (replaying its plan) and load its weights.
+
+    ``arch``/``num_classes`` are needed for a bare state dict and must agree with the checkpoint
+    otherwise. With ``path=None`` the model is freshly initialised.
+    """
+    if path is None:
+        if arch is None or num_classes is None:
+            raise SingeError("without a checkpoint, the model name and num_classes must be given")
+        return build_model(arch, num_classes), arch, num_classes, None
+    ckpt = read_checkpoint(path)
+    for key, given in (("arch", arch), ("num_classes", num_classes)):
+        if given is not None and ckpt[key] is not None and ckpt[key] != given:
+            raise SingeError(f"checkpoint {path} is for {key}={ckpt[key]!r}, not {given!r}")
+    arch = ckpt["arch"] or arch
+    num_classes = ckpt["num_classes"] or num_classes
+    if arch is None or num_classes is None:
+        raise SingeError(f"checkpoint {path} is a bare state dict: give the model name and num_classes")
+    plan = Plan.from_dict(ckpt["plan"], source=f"plan in checkpoint {path}") if ckpt["plan"] else None
+    model = build_model(arch, num_classes)
+    if plan is not None:
+        if plan.arch != arch:
+            raise SingeError(f"checkpoint {path}: its plan is for {plan.arch!r}, not {arch!r}")
+        apply_plan(model, plan)
+    load_state_dict_strict(model, ckpt["state_dict"], str(path))
+    return model, arch, num_classes, plan

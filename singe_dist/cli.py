@@ -1,0 +1,137 @@
+"""The ``singe-dist`` command line: one sub-command per job.
+
+User errors (:class:`SingeError`) print as one line on stderr with exit status 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from singe_dist.errors import SingeError
+
+
+def _add_criterion_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("criterion")
+    g.add_argument("--criterion", default="singe", choices=["singe", "taylor", "magnitude", "random"])
+    g.add_argument("--path", default="group", choices=["group", "channel"], help="SInGE removal path")
+    g.add_argument("--steps", type=int, default=8, help="SInGE quadrature points S")
+    g.add_argument("--rule", default="midpoint", choices=["midpoint", "trapezoid"])
+    g.add_argument("--reduce", default="signed", choices=["signed", "abs"])
+    g.add_argument("--loss", default="ce", choices=["ce", "kl"], help="cross-entropy or KL to the unpruned model")
+    g.add_argument("--norm", type=int, default=2, choices=[1, 2], help="magnitude: L1 or L2")
+    g.add_argument("--seed", type=int, default=0, help="random criterion seed")
+    g.add_argument("--max-rows", type=int, default=256, help="rows (samples x path points) per pass")
+
+
+def _criterion(args: argparse.Namespace):  # noqa: ANN202
+    from singe_dist.relevance.criteria import CriterionConfig
+
+    return CriterionConfig(name=args.criterion, path=args.path, steps=args.steps, rule=args.rule, reduce=args.reduce,
+                           loss=args.loss, norm=args.norm, seed=args.seed, max_rows=args.max_rows)
+
+
+def cmd_relevance(args: argparse.Namespace) -> int:
+    """Score every channel of every group and write them, with module names, as JSON."""
+    import torch
+
+    from singe_dist.checkpoint import load_model
+    from singe_dist.data.digits import digits_tensors
+    from singe_dist.engine.train import tensor_batches
+    from singe_dist.plan.plan import atomic_write_text
+    from singe_dist.relevance.criteria import compute_relevance
+    from singe_dist.relevance.groups import example_input, find_groups
+
+    config = _criterion(args)
+    model, arch, num_classes, _plan = load_model(args.checkpoint, args.model, args.num_classes)
+    size = args.image_size
+    if args.data != "digits":
+        raise SingeError(f"unknown data {args.data!r}: use 'digits'")
+    x, y = digits_tensors("train", size)
+    if args.samples <= 0:
+        raise SingeError(f"--samples must be > 0, got {args.samples}")
+    x, y = x[: args.samples], y[: args.samples]
+    groups = find_groups(model, example_input(model, (3, size, size)), args.ignore)
+    t0 = time.perf_counter()
+    batches = tensor_batches(x, y, args.batch_size) if config.needs_data else None
+    scores = compute_relevance(model, groups, batches, config)
+    result = {
+        "model": arch,
+        "num_classes": num_classes,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "criterion": config.__dict__,
+        "samples": len(x) if config.needs_data else 0,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "groups": {
+            g.id: {
+                "channels": g.size,
+                "members": sorted({m.name for m in g.members}),
+                "consumers": sorted({m.name for m in g.consumers}),
+                "scores": [float(v) for v in scores[g.id].to(torch.float64)],
+            }
+            for g in groups
+        },
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=1))
+    print(f"wrote relevance of {sum(g.size for g in groups)} channels in {len(groups)} groups to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from singe_dist.demo import DemoConfig, run_demo
+
+    run_demo(Path(args.out), DemoConfig(image_size=args.image_size, seed=args.seed))
+    return 0
+
+
+def cmd_models(_args: argparse.Namespace) -> int:
+    from singe_dist.models import available_models
+
+    print("\n".join(available_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="singe-dist", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("relevance", help="score every channel (per group) and write JSON")
+    p.add_argument("--model", default=None, help="architecture name (see `singe-dist models`)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--checkpoint", default=None, help="checkpoint or state dict (loaded with weights_only=True)")
+    p.add_argument("--data", default="digits", help="calibration data: 'digits'")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--samples", type=int, default=256, help="calibration samples")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--ignore", action="append", default=[], help="module whose output channels stay (repeatable)")
+    p.add_argument("--out", default="relevance.json")
+    _add_criterion_args(p)
+    p.set_defaults(func=cmd_relevance)
+
+    p = sub.add_parser("demo", help="the embedded-default demo on the bundled digits data")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the architecture names")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SingeError as exc:
+        print(f"singe-dist {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

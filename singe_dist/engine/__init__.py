@@ -1,0 +1,1 @@
+"""Training, evaluation and the entwined prune / fine-tune schedule."""

@@ -1,0 +1,77 @@
+"""One pruning decision: relevance -> global selection under the budget -> structural removal -> plan step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from singe_dist.errors import SingeError
+from singe_dist.plan.cost import CostModel, Footprint, measure
+from singe_dist.plan.plan import Plan, apply_step
+from singe_dist.plan.select import Constraints, Selection, select_channels
+from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
+from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Remove ``remove_fraction`` of the original model's MACs or parameters."""
+
+    metric: str = "macs"
+    remove_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("macs", "params"):
+            raise SingeError(f"budget metric must be 'macs' or 'params', got {self.metric!r}")
+        if not isinstance(self.remove_fraction, (int, float)) or not 0.0 < self.remove_fraction < 1.0:
+            raise SingeError(f"budget fraction must be in (0, 1), got {self.remove_fraction!r}")
+
+    def target(self, original: Footprint, fraction: float | None = None) -> float:
+        """The metric's value to reach, for ``fraction`` removed (default: the whole budget)."""
+        f = self.remove_fraction if fraction is None else fraction
+        return original.get(self.metric) * (1.0 - f)
+
+
+def decide_and_remove(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    scores: Mapping[str, torch.Tensor],
+    input_size: tuple[int, int, int],
+    metric: str,
+    target: float,
+    constraints: Constraints = Constraints(),
+    normalize_by_cost: bool = False,
+    original_sizes: Mapping[str, int] | None = None,
+) -> Selection:
+    """Select the least relevant channels down to ``target`` and remove them from ``model`` in place."""
+    cost = CostModel(model, groups, input_size)
+    selection = select_channels(scores, cost, metric, target, constraints, normalize_by_cost, original_sizes)
+    if selection.channels:
+        apply_step(model, selection.channels, input_size)
+    return selection
+
+
+def prune_one_shot(
+    model: nn.Module,
+    arch: str,
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
+    criterion: CriterionConfig,
+    budget: Budget,
+    constraints: Constraints = Constraints(),
+    normalize_by_cost: bool = False,
+    ignored_layers: Sequence[str] = (),
+) -> tuple[Plan, Selection]:
+    """Score every channel once and remove the whole budget in one step (no fine-tuning)."""
+    original = measure(model, input_size)
+    groups = find_groups(model, example_input(model, input_size), ignored_layers)
+    scores = compute_relevance(model, groups, calibration, criterion)
+    selection = decide_and_remove(
+        model, groups, scores, input_size, budget.metric, budget.target(original), constraints, normalize_by_cost
+    )
+    plan = Plan(arch=arch, num_classes=num_classes, input_size=input_size, steps=[selection.channels])
+    return plan, selection
