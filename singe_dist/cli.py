@@ -82,10 +82,52 @@ def cmd_relevance(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from singe_dist.demo import DemoConfig, run_demo
+def _job_config(args: argparse.Namespace):  # noqa: ANN202
+    from singe_dist.config import load_config
 
-    run_demo(Path(args.out), DemoConfig(image_size=args.image_size, seed=args.seed))
+    return load_config(args.config, args.set)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """The main job in one process (Ray launches the same loop on every worker)."""
+    from singe_dist.engine.loop import PruneJob
+
+    PruneJob(_job_config(args), resume=args.resume).run()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from singe_dist.engine.baseline import train_baseline
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SingeError(f"{out} already exists: pass --overwrite to replace it")
+    train_baseline(_job_config(args), out)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a (pruned) checkpoint on the validation shards of a config."""
+    from singe_dist.checkpoint import load_model
+    from singe_dist.data.streams import DataStreams
+    from singe_dist.engine.train import evaluate
+    from singe_dist.plan.cost import measure
+
+    config = _job_config(args)
+    model, arch, num_classes, plan = load_model(args.checkpoint)
+    size = config.data.image_size
+    result = evaluate(model, DataStreams(config.data, num_classes, seed=config.run.seed).val()).as_dict()
+    fp = measure(model, (3, size, size))
+    out = {"checkpoint": args.checkpoint, "arch": arch, "plan_steps": len(plan.steps) if plan else 0,
+           **result, "macs": fp.macs, "params": fp.params}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from singe_dist.demo import run_demo
+
+    run_demo(["run.overwrite=true", *args.set])
     return 0
 
 
@@ -113,10 +155,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_criterion_args(p)
     p.set_defaults(func=cmd_relevance)
 
+    def job_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=None, help="YAML job config (defaults for every missing key)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set prune.remove_fraction=0.3 (repeatable)")
+
+    p = sub.add_parser("prune", help="the main job: entwined SInGE pruning and fine-tuning")
+    job_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("train", help="train a baseline model from shards")
+    job_args(p)
+    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a (pruned) checkpoint on the config's validation shards")
+    job_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.set_defaults(func=cmd_eval)
+
+    from singe_dist.data.cli import register as register_shards
+
+    register_shards(sub)
+
     p = sub.add_parser("demo", help="the embedded-default demo on the bundled digits data")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of jobs/configs/demo.yaml (repeatable)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the architecture names")

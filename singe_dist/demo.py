@@ -1,81 +1,54 @@
-"""The embedded-default demo: digits -> baseline -> SInGE relevance -> prune 50% of MACs -> table.
+"""The embedded-default demo: digits shards -> baseline -> SInGE entwined pruning of 50% MACs -> report.
 
-Runs in about a minute on two CPU cores with no network: the digits ship with scikit-learn.
+Everything a cluster job does, on the digits that ship with scikit-learn, in a few minutes on two CPU
+cores with no network: shards are written once (``runs/data/digits``), a baseline is trained once
+(``runs/demo/baseline.pt``), then the main job runs from ``jobs/configs/demo.yaml``.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import torch
+from singe_dist.config import JobConfig, load_config
+from singe_dist.data.convert import digits_to_shards
+from singe_dist.engine.baseline import train_baseline
+from singe_dist.engine.loop import PruneJob
+from singe_dist.errors import SingeError
 
-from singe_dist.checkpoint import save_checkpoint
-from singe_dist.data.digits import NUM_CLASSES, digits_tensors
-from singe_dist.models import build_model
-from singe_dist.engine.train import evaluate, make_optimizer, tensor_batches, train_steps
-from singe_dist.plan.cost import measure
-from singe_dist.plan.decide import Budget, prune_one_shot
-from singe_dist.relevance.criteria import CriterionConfig
-from singe_dist.report import format_table, human
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    image_size: int = 32
-    train_steps: int = 300
-    finetune_steps: int = 150
-    batch_size: int = 64
-    lr: float = 0.1
-    calibration_samples: int = 256
-    remove_fraction: float = 0.5
-    seed: int = 0
+def demo_config(overrides: list[str] | None = None) -> JobConfig:
+    if not DEMO_CONFIG.is_file():
+        raise SingeError(f"demo config {DEMO_CONFIG} is missing: run the demo from a checkout of singe-dist")
+    return load_config(DEMO_CONFIG, overrides)
 
 
-def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), log=print) -> dict[str, dict[str, float]]:  # noqa: ANN001
-    """Run the demo, write the pruned checkpoint and plan to ``out_dir``, return the table's rows."""
-    torch.manual_seed(config.seed)
-    size = config.image_size
-    input_size = (3, size, size)
-    x_tr, y_tr = digits_tensors("train", size)
-    x_va, y_va = digits_tensors("val", size)
-    val = lambda: tensor_batches(x_va, y_va, 256)  # noqa: E731
-
-    log(f"[1/4] training digits_resnet on {len(x_tr)} digits ({config.train_steps} steps)")
-    t0 = time.perf_counter()
-    model = build_model("digits_resnet", NUM_CLASSES)
-    opt = make_optimizer(model, config.lr)
-    train_steps(model, opt, tensor_batches(x_tr, y_tr, config.batch_size, shuffle=True, seed=config.seed, repeat=True),
-                config.train_steps, config.lr)
-    rows = {"baseline": {**evaluate(model, val()).as_dict(), **measure(model, input_size).__dict__}}
-    log(f"      baseline top-1 {rows['baseline']['top1']:.4f} ({time.perf_counter() - t0:.1f}s)")
-
-    log(f"[2/4] SInGE relevance on {config.calibration_samples} calibration digits, pruning "
-        f"{config.remove_fraction:.0%} of MACs in one shot")
-    t0 = time.perf_counter()
-    pruned = copy.deepcopy(model)
-    calibration = list(tensor_batches(x_tr[: config.calibration_samples], y_tr[: config.calibration_samples], 64))
-    plan, _ = prune_one_shot(pruned, "digits_resnet", NUM_CLASSES, input_size, calibration,
-                             CriterionConfig(name="singe"), Budget("macs", config.remove_fraction))
-    rows["pruned (no fine-tune)"] = {**evaluate(pruned, val()).as_dict(), **measure(pruned, input_size).__dict__}
-    log(f"      removed {plan.removed_channels} channels ({time.perf_counter() - t0:.1f}s)")
-
-    log(f"[3/4] fine-tuning the pruned model ({config.finetune_steps} steps)")
-    opt = make_optimizer(pruned, config.lr / 10)
-    train_steps(pruned, opt, tensor_batches(x_tr, y_tr, config.batch_size, shuffle=True, seed=config.seed + 1, repeat=True),
-                config.finetune_steps, config.lr / 10)
-    rows["pruned + fine-tuned"] = {**evaluate(pruned, val()).as_dict(), **measure(pruned, input_size).__dict__}
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan.save(out_dir / "plan.json")
-    save_checkpoint(out_dir / "pruned.pt", pruned, "digits_resnet", NUM_CLASSES, plan)
-    log(f"[4/4] wrote {out_dir / 'plan.json'} and {out_dir / 'pruned.pt'}\n")
-    base = rows["baseline"]
-    log(format_table(
-        ["model", "top-1", "top-5", "params", "MACs", "MACs kept"],
-        [[name, r["top1"], r["top5"], human(r["params"]), human(r["macs"]), f"{r['macs'] / base['macs']:.1%}"]
-         for name, r in rows.items()],
-    ))
-    return rows
+def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo (``overrides`` as ``section.key=value``) and return the pruning report."""
+    config = demo_config(overrides)
+    data_dir = Path(config.data.val).parent
+    if not Path(config.data.val).is_file():
+        log(f"[1/3] writing the digits as webdataset shards to {data_dir}")
+        digits_to_shards(data_dir, size=config.data.image_size, per_shard=1000)
+    else:
+        log(f"[1/3] digits shards found in {data_dir}")
+    baseline = Path(config.model.checkpoint) if config.model.checkpoint else None
+    if baseline is None:
+        raise SingeError("the demo needs model.checkpoint (where the baseline is written)")
+    if not baseline.is_file():
+        log(f"[2/3] training the baseline {config.model.arch} ({config.train.iters} iterations)")
+        t0 = time.perf_counter()
+        base_config = load_config(DEMO_CONFIG, [*(overrides or []), "model.checkpoint=null"])
+        train_baseline(base_config, baseline, log)
+        log(f"      {time.perf_counter() - t0:.0f}s")
+    else:
+        log(f"[2/3] baseline found: {baseline}")
+    log(f"[3/3] SInGE entwined pruning: {config.prune.remove_fraction:.0%} of {config.prune.metric} in "
+        f"{config.prune.steps} steps -> {config.run.out_dir}")
+    report = PruneJob(config, resume=False, log=log).run()
+    log(f"\nwrote {config.run.out_dir}/report.json, plan.json and pruned.pt")
+    return report

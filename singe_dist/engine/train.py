@@ -90,9 +90,14 @@ def train_steps(
     first_step: int = 0,
     total_steps: int | None = None,
     on_step: object | None = None,
+    amp: bool = False,
 ) -> float:
-    """Run ``steps`` SGD iterations drawn from ``batches`` with a cosine schedule; return the mean loss."""
+    """Run ``steps`` SGD iterations drawn from ``batches`` with a cosine schedule; return the mean loss.
+
+    ``amp``: bfloat16 autocast on GPU (no loss scaling needed); ignored on CPU.
+    """
     device = next(model.parameters()).device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     total_steps = total_steps or steps
     model.train()
     running, seen = 0.0, 0
@@ -104,7 +109,8 @@ def train_steps(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(lr, first_step + i, total_steps)
-        loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        with autocast:
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
             raise SingeError(f"non-finite training loss at iteration {first_step + i}: lower the learning rate or check the data")
         optimizer.zero_grad(set_to_none=True)

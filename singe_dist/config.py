@@ -1,0 +1,265 @@
+"""Job configuration: YAML files with ``--set section.key=value`` overrides, validated up front.
+
+A long cluster job must not fail at hour three on a typo, so every key is checked before anything
+runs: an unknown key, a value of the wrong type or out of range is one line naming the key.
+The schema is the dataclasses below; their defaults are the documented defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin
+
+import yaml
+
+from singe_dist.errors import SingeError
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/prune"
+    overwrite: bool = False  # an existing run directory is never replaced unless this is true
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = 0  # also checkpoint every N fine-tune iterations (0: only after each step)
+    eval_after_prune: bool = True  # also evaluate right after each removal, before fine-tuning
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "digits_resnet"
+    num_classes: int = 10
+    checkpoint: Optional[str] = None  # baseline weights (a singe-dist checkpoint or a state dict)
+    ignored_layers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    """Webdataset shards (``singe-dist shards`` writes them from an ImageFolder tree or the digits)."""
+
+    train: str = "runs/data/digits/train-{000000..000001}.tar"  # brace pattern, path list or URL
+    val: str = "runs/data/digits/val-000000.tar"
+    train_samples: Optional[int] = None  # size of one training epoch, to turn epochs into iterations
+    image_size: int = 224
+    resize_size: Optional[int] = None  # eval resize before the center crop (default image_size * 256/224)
+    crop_scale_min: float = 0.08  # RandomResizedCrop lower scale
+    hflip: bool = True  # horizontal flips (off for digits and text)
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class CriterionSection:
+    name: Literal["singe", "taylor", "magnitude", "random"] = "singe"
+    path: Literal["group", "channel"] = "group"
+    steps: int = 8
+    rule: Literal["midpoint", "trapezoid"] = "midpoint"
+    reduce: Literal["signed", "abs"] = "signed"
+    loss: Literal["ce", "kl"] = "ce"
+    norm: int = 2
+    seed: int = 0
+    max_rows: int = 256
+    calibration_batches: int = 4  # fresh batches per pruning step (per rank with split=data)
+    split: Literal["data", "channels"] = "data"  # how ranks share relevance work (channels: path=channel only)
+
+
+@dataclass
+class PruneConfig:
+    metric: Literal["macs", "params"] = "macs"
+    remove_fraction: float = 0.5
+    steps: int = 5  # T pruning steps
+    schedule: Literal["linear", "cosine", "exponential"] = "linear"
+    min_keep_fraction: float = 0.1
+    min_keep: int = 1
+    round_to: int = 1
+    normalize_by_cost: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    iters_per_step: int = 50  # F
+    final_epochs: float = 1.0  # E (needs data.train_samples for shards)
+    final_iters: Optional[int] = None  # overrides final_epochs when set
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    amp: bool = True  # mixed precision on GPU (ignored on CPU)
+    log_every: int = 10
+
+
+@dataclass
+class TrainConfig:
+    """Baseline training (``singe-dist train``)."""
+
+    iters: int = 300
+    lr: float = 0.1
+
+
+@dataclass
+class JobConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    criterion: CriterionSection = field(default_factory=CriterionSection)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> JobConfig:
+        """Range checks that types alone cannot express."""
+        _check(0.0 < self.prune.remove_fraction < 1.0, "prune.remove_fraction", "must be in (0, 1)", self.prune.remove_fraction)
+        _check(self.prune.steps >= 1, "prune.steps", "must be >= 1", self.prune.steps)
+        _check(0.0 <= self.prune.min_keep_fraction < 1.0, "prune.min_keep_fraction", "must be in [0, 1)", self.prune.min_keep_fraction)
+        _check(self.prune.min_keep >= 1, "prune.min_keep", "must be >= 1", self.prune.min_keep)
+        _check(self.prune.round_to >= 1, "prune.round_to", "must be >= 1", self.prune.round_to)
+        _check(self.criterion.steps >= 1, "criterion.steps", "must be >= 1", self.criterion.steps)
+        _check(self.criterion.norm in (1, 2), "criterion.norm", "must be 1 or 2", self.criterion.norm)
+        _check(self.criterion.max_rows >= 1, "criterion.max_rows", "must be >= 1", self.criterion.max_rows)
+        _check(self.criterion.calibration_batches >= 1, "criterion.calibration_batches", "must be >= 1",
+               self.criterion.calibration_batches)
+        _check(self.finetune.iters_per_step >= 0, "finetune.iters_per_step", "must be >= 0", self.finetune.iters_per_step)
+        _check(self.finetune.final_epochs >= 0, "finetune.final_epochs", "must be >= 0", self.finetune.final_epochs)
+        _check(self.finetune.final_iters is None or self.finetune.final_iters >= 0, "finetune.final_iters",
+               "must be >= 0", self.finetune.final_iters)
+        _check(self.finetune.lr > 0, "finetune.lr", "must be > 0", self.finetune.lr)
+        _check(0 <= self.finetune.label_smoothing < 1, "finetune.label_smoothing", "must be in [0, 1)",
+               self.finetune.label_smoothing)
+        _check(self.finetune.log_every >= 1, "finetune.log_every", "must be >= 1", self.finetune.log_every)
+        _check(self.data.image_size >= 8, "data.image_size", "must be >= 8", self.data.image_size)
+        _check(self.data.batch_size >= 1, "data.batch_size", "must be >= 1", self.data.batch_size)
+        _check(self.data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.data.eval_batch_size)
+        _check(self.data.num_workers >= 0, "data.num_workers", "must be >= 0", self.data.num_workers)
+        _check(self.model.num_classes >= 2, "model.num_classes", "must be >= 2", self.model.num_classes)
+        _check(self.run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0", self.run.checkpoint_every)
+        _check(self.train.iters >= 1, "train.iters", "must be >= 1", self.train.iters)
+        _check(0 < self.data.crop_scale_min <= 1, "data.crop_scale_min", "must be in (0, 1]", self.data.crop_scale_min)
+        _check(len(self.data.mean) == 3 and len(self.data.std) == 3 and min(self.data.std) > 0, "data.mean/std",
+               "must be three numbers each, std > 0", None)
+        return self
+
+
+def _check(ok: bool, key: str, rule: str, value: object) -> None:
+    if not ok:
+        raise SingeError(f"config {key} {rule}" + ("" if value is None else f", got {value!r}"))
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint, converting only lossless cases (int -> float)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except SingeError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise SingeError(f"config {key} must be one of {', '.join(map(repr, get_args(hint)))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise SingeError(f"config {key} must be a list, got {type(value).__name__} {value!r}")
+        (item,) = get_args(hint)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SingeError(f"config {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SingeError(f"config {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SingeError(f"config {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SingeError(f"config {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise SingeError(f"config {prefix or 'file'} must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise SingeError(f"unknown config key {where!r} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        kwargs[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _convert(value, hint, key)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise SingeError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML config (or the defaults), apply ``key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SingeError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise SingeError(f"config file {path} is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise SingeError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise SingeError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return _build(JobConfig, data, "").validate()
+
+
+def config_to_dict(config: JobConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def flatten(config: JobConfig) -> dict[str, Any]:
+    """``{"section.key": value}``: MLflow params and report headers."""
+    return {f"{s}.{k}": v for s, section in config_to_dict(config).items() for k, v in section.items()}
+
+
+def dump_config(config: JobConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -1,0 +1,78 @@
+"""The few collective operations the pruning loop needs, for one process or a torch process group.
+
+The loop is written once against :class:`Collective`: with :class:`LocalCollective` it runs in one
+process (tests, debugging, laptops); with :class:`TorchCollective` the same code runs on every Ray
+Train worker, where relevance sums, evaluation counts and plan hashes cross ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Collective(Protocol):
+    rank: int
+    world_size: int
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]: ...
+
+    def barrier(self) -> None: ...
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model to train (DDP-wrapped when distributed)."""
+        ...
+
+
+class LocalCollective:
+    """World size 1: every collective is the identity."""
+
+    rank = 0
+    world_size = 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def barrier(self) -> None:
+        return None
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+class TorchCollective:
+    """An initialised ``torch.distributed`` process group (Gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised")
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.device = device
+        # NCCL reduces tensors on the GPU; Gloo on the CPU
+        self._reduce_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        work = tensor.to(self._reduce_device).clone()
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        return work.to(tensor.device)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)

@@ -1,0 +1,39 @@
+"""Measured inference latency: what a smaller model is for."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 8),
+    device: torch.device | str = "cpu",
+    repeats: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Median milliseconds per forward pass for each batch size, e.g. ``{"cpu_b1_ms": 3.1}``."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    out = {}
+    with torch.no_grad():
+        for bs in batch_sizes:
+            x = torch.randn(bs, *input_size, device=device)
+            times = []
+            for i in range(warmup + repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+            out[f"{device.type}_b{bs}_ms"] = 1000.0 * statistics.median(times)
+    return out

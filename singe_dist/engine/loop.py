@@ -1,0 +1,451 @@
+"""The entwined prune / fine-tune loop (design notes, section 4), for one rank of any world size.
+
+Each of the T steps: relevance on fresh calibration batches (sums and counts all-reduced across ranks)
+-> every rank takes the same global decision from the same scores (plan hashes compared) -> channels
+removed -> optimiser (and DDP wrapper) rebuilt -> F fine-tune iterations -> exact evaluation. After
+the last step, E epochs of fine-tuning. A checkpoint after every step (and every N iterations if asked)
+holds the plan so far, weights, optimiser, position and RNG state, so ``resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from singe_dist.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_model, read_checkpoint
+from singe_dist.config import JobConfig, flatten
+from singe_dist.data.streams import DataStreams
+from singe_dist.engine.collective import Collective, LocalCollective
+from singe_dist.engine.latency import measure_latency
+from singe_dist.engine.schedule import cumulative_fractions
+from singe_dist.engine.train import eval_sums, make_optimizer, result_from_sums, train_steps
+from singe_dist.errors import SingeError
+from singe_dist.models import build_model
+from singe_dist.plan.cost import measure
+from singe_dist.plan.decide import Budget, decide_and_remove
+from singe_dist.plan.plan import Plan, apply_plan, atomic_write_text
+from singe_dist.plan.select import Constraints
+from singe_dist.relevance.criteria import CriterionConfig, accumulate, compute_relevance
+from singe_dist.relevance.groups import example_input, find_groups
+from singe_dist.tracking.base import NullTracker, Tracker
+
+FAIL_ENV = "SINGE_DIST_FAIL_AT_STEP"  # fault injection: "k" or "k:rank" -> die after step k's checkpoint
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class Position:
+    """Where the schedule is: ``step`` in [0, T] (T = final fine-tune), and how far into fine-tuning."""
+
+    step: int = 0
+    pruned: bool = False  # the removal of ``step`` is done; fine-tuning is under way
+    iteration: int = 0  # fine-tune iterations done in this phase
+
+
+def criterion_config(config: JobConfig) -> CriterionConfig:
+    c = config.criterion
+    return CriterionConfig(name=c.name, path=c.path, steps=c.steps, rule=c.rule, reduce=c.reduce, loss=c.loss,
+                           norm=c.norm, seed=c.seed, max_rows=c.max_rows)  # type: ignore[arg-type]
+
+
+def pick_device(kind: str, rank: int) -> torch.device:
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SingeError("run.device is 'cuda' but no GPU is visible")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Never overwrite a previous run unless asked: its checkpoints may be hours of work."""
+    if resume:
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            raise SingeError(f"cannot resume: {run_dir / CHECKPOINT_NAME} does not exist")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise SingeError(f"run directory {run_dir} already exists and is not empty: pass --resume to continue "
+                             "it or --set run.overwrite=true to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": repr(random.getstate())}
+
+
+def _seed_phase(seed: int, step: int, rank: int) -> None:
+    """Every phase starts from a seed of its own: a resumed run replays the same randomness."""
+    s = (seed * 1_000_003 + step * 101 + rank) % (2**31)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+class Progress:
+    """A tqdm bar on a terminal, a log line every ``every`` iterations otherwise (cluster logs)."""
+
+    def __init__(self, total: int, desc: str, log: Callable[[str], None], every: int, enabled: bool) -> None:
+        self.desc, self.log, self.every, self.total = desc, log, every, total
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False)
+        self.enabled = enabled
+
+    def __call__(self, iteration: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif self.enabled and ((iteration + 1) % self.every == 0 or iteration + 1 == self.total):
+            self.log(f"      {self.desc}: iteration {iteration + 1}/{self.total} loss {loss:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class PruneJob:
+    """One rank's view of a pruning job. Call :meth:`run`."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        collective: Collective | None = None,
+        tracker: Tracker | None = None,
+        resume: bool = False,
+        log: Callable[[str], None] = print,
+        checkpoint_hook: Callable[[Path, Position], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.col = collective or LocalCollective()
+        self.rank0 = self.col.rank == 0
+        self.tracker = tracker if (tracker is not None and self.rank0) else NullTracker()
+        self.resume = resume
+        self._log = log
+        self.checkpoint_hook = checkpoint_hook
+        self.run_dir = Path(config.run.out_dir)
+        self.input_size = (3, config.data.image_size, config.data.image_size)
+        self.criterion = criterion_config(config)
+        self.budget = Budget(config.prune.metric, config.prune.remove_fraction)
+        self.constraints = Constraints(config.prune.min_keep_fraction, config.prune.min_keep, config.prune.round_to)
+        if config.criterion.split == "channels" and config.criterion.path != "channel":
+            raise SingeError("config criterion.split=channels needs criterion.path=channel")
+
+    def log(self, message: str) -> None:
+        if self.rank0:
+            self._log(message)
+
+    # ----------------------------------------------------------------------------------- helpers
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Exact distributed evaluation: every rank's share, correct and total counts all-reduced."""
+        totals = self.col.all_reduce_sum(eval_sums(model, self.streams.val()))
+        return result_from_sums(totals).as_dict()
+
+    def _skipped(self) -> int:
+        return int(self.col.all_reduce_sum(torch.tensor([float(self.streams.skipped())], dtype=torch.float64))[0])
+
+    def _relevance(self, model: nn.Module, step: int) -> tuple[list, dict[str, torch.Tensor]]:
+        groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
+        if not self.criterion.needs_data:
+            return groups, compute_relevance(model, groups, None, self.criterion)
+        split_channels = self.config.criterion.split == "channels"
+        if split_channels:  # every rank reads the same calibration batches and takes a share of the channels
+            streams = DataStreams(self.config.data, self.num_classes, 0, 1, self.config.run.seed)
+            share = (self.col.rank, self.col.world_size)
+        else:
+            streams, share = self.streams, (0, 1)
+        batches = streams.calibration(step, self.config.criterion.calibration_batches)
+        sums = accumulate(model, groups, batches, self.criterion, channel_share=share)
+        sums.load_flat(self.col.all_reduce_sum(sums.flatten()))
+        if split_channels:  # the same samples were counted by every rank
+            sums.samples //= self.col.world_size
+            sums.loss_sum /= self.col.world_size
+        reduce = "abs" if self.criterion.name == "taylor" else self.criterion.reduce
+        return groups, sums.finalize(reduce)
+
+    def _check_same_plan(self, plan: Plan) -> None:
+        digests = self.col.all_gather_object(plan.digest())
+        if len(set(digests)) != 1:
+            bad = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise SingeError(f"ranks took different pruning decisions (rank(s) {bad} differ from rank 0): "
+                             "relevance or model state diverged; stopping")
+
+    def _save(self, model: nn.Module, plan: Plan, position: Position, optimizer: torch.optim.Optimizer | None) -> None:
+        self.report["wall_time_s"]["total"] = self._elapsed()
+        if self.rank0:
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                "arch": plan.arch,
+                "num_classes": plan.num_classes,
+                "plan": plan.to_dict(),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "position": asdict(position),
+                "rng": _rng_state(),
+                "report": json.dumps(self.report),
+            }
+            atomic_torch_save(payload, self.run_dir / CHECKPOINT_NAME)
+        self.col.barrier()
+        if self.checkpoint_hook is not None:
+            self.checkpoint_hook(self.run_dir / CHECKPOINT_NAME, position)
+
+    def _elapsed(self) -> float:
+        started, before = self._clock
+        return before + time.perf_counter() - started
+
+    def _maybe_fail(self, step: int) -> None:
+        """Fault injection for tests: die (once) right after step ``k``'s checkpoint."""
+        spec = os.environ.get(FAIL_ENV)
+        if not spec:
+            return
+        k, _, rank = spec.partition(":")
+        marker = self.run_dir / f".fault-injected-{k}"
+        if int(k) == step and (not rank or int(rank) == self.col.rank) and not marker.exists():
+            marker.touch()
+            self._log(f"fault injection: rank {self.col.rank} dies after step {step}")
+            os._exit(17)
+
+    def _finetune(self, model: nn.Module, phase: int, iters: int, position: Position, plan: Plan,
+                  opt_state: dict | None) -> float:
+        """``iters`` iterations of phase ``phase`` from ``position.iteration`` (a resumed phase skips ahead)."""
+        cfg = self.config.finetune
+        optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        start = position.iteration
+        if start >= iters:
+            return float("nan")
+        _seed_phase(self.config.run.seed, phase, self.col.rank)
+        stream = self.streams.train(phase, skip=start)
+        if opt_state is not None and self._resume_rng is not None:
+            torch.set_rng_state(self._resume_rng)
+        train_model = self.col.wrap(model)
+        desc = f"fine-tune step {phase + 1}" if phase < self.config.prune.steps else "final fine-tune"
+        progress = Progress(iters, desc, self.log, cfg.log_every, self.rank0)
+        losses: list[float] = []
+
+        def on_step(i: int, loss: float) -> None:
+            progress(i, loss)
+            losses.append(loss)
+            if (i + 1) % cfg.log_every == 0:
+                self.tracker.log_metrics({"finetune_loss": loss}, step=self._global_iter + i + 1)
+            every = self.config.run.checkpoint_every
+            if every and (i + 1) % every == 0 and i + 1 < iters:
+                self._save(model, plan, Position(position.step, True, i + 1), optimizer)
+
+        chunk_start = start
+        try:
+            train_steps(train_model, optimizer, stream, iters - start, cfg.lr, cfg.label_smoothing,
+                        first_step=chunk_start, total_steps=iters, on_step=on_step, amp=cfg.amp)
+        finally:
+            progress.close()
+        self._global_iter += iters
+        return float(np.mean(losses)) if losses else float("nan")
+
+    # ----------------------------------------------------------------------------------- the run
+    def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except BaseException as exc:
+            self.tracker.fail(exc)
+            raise
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.config
+        if self.rank0:
+            prepare_run_dir(self.run_dir, self.resume, cfg.run.overwrite)
+        self.col.barrier()
+        self.device = pick_device(cfg.run.device, self.col.rank)
+        _seed_phase(cfg.run.seed, -1, 0)
+        self.streams = DataStreams(cfg.data, cfg.model.num_classes, self.col.rank, self.col.world_size, cfg.run.seed)
+        self.num_classes = cfg.model.num_classes
+        self._resume_rng = None
+        self._global_iter = 0
+        opt_state = None
+
+        # the original architecture defines 100% of the budget, also when the checkpoint is already pruned
+        original_model = build_model(cfg.model.arch, cfg.model.num_classes)
+        original = measure(original_model, self.input_size)
+        original_sizes = {g.id: g.size for g in find_groups(original_model, example_input(original_model, self.input_size),
+                                                              cfg.model.ignored_layers)}
+        del original_model
+
+        if self.resume:
+            ckpt = read_checkpoint(self.run_dir / CHECKPOINT_NAME)
+            plan = Plan.from_dict(ckpt["plan"], source="checkpoint plan")
+            model = apply_plan(build_model(plan.arch, plan.num_classes), plan)
+            model.load_state_dict(ckpt["state_dict"])
+            position = Position(**ckpt["position"])
+            self.report = json.loads(ckpt["report"])
+            opt_state = ckpt["optimizer"] if position.pruned else None
+            self._resume_rng = ckpt["rng"]["torch"]
+            self._global_iter = sum(cfg.finetune.iters_per_step for _ in range(min(position.step, cfg.prune.steps)))
+            self.log(f"resuming {self.run_dir} at step {position.step + 1}, iteration {position.iteration}")
+        else:
+            model, arch, num_classes, base_plan = load_model(cfg.model.checkpoint, cfg.model.arch, cfg.model.num_classes)
+            plan = Plan(arch, num_classes, self.input_size, list(base_plan.steps) if base_plan else [])
+            position = Position()
+            self.report = {"format": "singe-dist/report/v1", "config": flatten(cfg), "world_size": self.col.world_size,
+                           "original": {"macs": original.macs, "params": original.params}, "steps": [],
+                           "wall_time_s": {"baseline_eval": 0.0, "relevance": 0.0, "finetune": 0.0, "eval": 0.0}}
+        model = model.to(self.device)
+        self.tracker.start(flatten(cfg), {"model": cfg.model.arch, "criterion": cfg.criterion.name})
+        walls = self.report["wall_time_s"]
+        self._clock = (time.perf_counter(), walls.get("total", 0.0))  # wall time survives a resume
+
+        if "baseline" not in self.report:
+            t0 = time.perf_counter()
+            fp = measure(model, self.input_size)
+            self.report["baseline"] = {**self._evaluate(model), "macs": fp.macs, "params": fp.params}
+            walls["baseline_eval"] = time.perf_counter() - t0
+            b = self.report["baseline"]
+            self.log(f"baseline: top-1 {b['top1']:.4f}, {fp.macs / 1e6:.2f}M MACs, {fp.params / 1e6:.3f}M params")
+            self.tracker.log_metrics({"top1": b["top1"], "top5": b["top5"], "loss": b["loss"], "macs": fp.macs,
+                                      "params": fp.params, "fraction_removed": 1 - fp.get(self.budget.metric)
+                                      / original.get(self.budget.metric)}, step=0)
+
+        fractions = cumulative_fractions(cfg.prune.remove_fraction, cfg.prune.steps, cfg.prune.schedule)
+        for t in range(position.step, cfg.prune.steps):
+            row: dict[str, Any]
+            if position.step == t and position.pruned:  # resumed in the middle of this step's fine-tuning
+                row = self.report.pop("pending_row")
+            else:
+                t0 = time.perf_counter()
+                groups, scores = self._relevance(model, t)
+                t_rel = time.perf_counter() - t0
+                target = self.budget.target(original, fractions[t])
+                selection = decide_and_remove(model, groups, scores, self.input_size, cfg.prune.metric, target,
+                                              self.constraints, cfg.prune.normalize_by_cost, original_sizes)
+                plan.steps.append(selection.channels)
+                self._check_same_plan(plan)
+                fp = measure(model, self.input_size)
+                row = {"step": t + 1, "target_fraction": fractions[t],
+                       "fraction_removed": 1 - fp.get(cfg.prune.metric) / original.get(cfg.prune.metric),
+                       "macs": fp.macs, "params": fp.params,
+                       "channels_removed": sum(len(c) for c in selection.channels.values()),
+                       "relevance_s": t_rel, "budget_reached": selection.reached}
+                walls["relevance"] += t_rel
+                if cfg.run.eval_after_prune:
+                    t0 = time.perf_counter()
+                    row["pruned"] = self._evaluate(model)
+                    walls["eval"] += time.perf_counter() - t0
+                self.log(f"step {t + 1}/{cfg.prune.steps}: removed {row['channels_removed']} channels, "
+                         f"{row['fraction_removed']:.1%} of {cfg.prune.metric} gone"
+                         + (f", top-1 {row['pruned']['top1']:.4f} before fine-tuning" if "pruned" in row else ""))
+                self.tracker.log_step(row, {g: s.tolist() for g, s in scores.items()})
+                position = Position(t, True, 0)
+                self.report["pending_row"] = row
+                opt_state = None
+            t0 = time.perf_counter()
+            row["finetune_loss"] = self._finetune(model, t, cfg.finetune.iters_per_step, position, plan, opt_state)
+            opt_state = None
+            row["finetune_s"] = time.perf_counter() - t0
+            walls["finetune"] += row["finetune_s"]
+            t0 = time.perf_counter()
+            row["finetuned"] = self._evaluate(model)
+            row["eval_s"] = time.perf_counter() - t0
+            walls["eval"] += row["eval_s"]
+            row["skipped_samples"] = self._skipped()
+            self.report.pop("pending_row", None)
+            self.report["steps"].append(row)
+            self.log(f"      after fine-tuning: top-1 {row['finetuned']['top1']:.4f}")
+            self.tracker.log_metrics(_step_metrics(row), step=t + 1)
+            position = Position(t + 1, False, 0)
+            self._save(model, plan, position, None)
+            self._maybe_fail(t + 1)
+
+        # final fine-tune
+        final_iters = self._final_iters()
+        if "final" not in self.report:
+            t0 = time.perf_counter()
+            self._finetune(model, cfg.prune.steps, final_iters, position, plan, opt_state)
+            walls["final_finetune"] = time.perf_counter() - t0
+            fp = measure(model, self.input_size)
+            self.report["final"] = {**self._evaluate(model), "macs": fp.macs, "params": fp.params,
+                                    "fraction_removed": 1 - fp.get(cfg.prune.metric) / original.get(cfg.prune.metric)}
+            self._save(model, plan, Position(cfg.prune.steps, True, final_iters), None)
+        walls["total"] = self._elapsed()
+        if self.rank0:
+            self._finish(model, plan, original_sizes)
+        self.col.barrier()
+        return self.report
+
+    def _final_iters(self) -> int:
+        ft, data = self.config.finetune, self.config.data
+        if ft.final_iters is not None:
+            return ft.final_iters
+        if ft.final_epochs == 0:
+            return 0
+        if data.train_samples is None:
+            raise SingeError("config finetune.final_epochs needs data.train_samples (or set finetune.final_iters)")
+        per_iter = data.batch_size * self.col.world_size
+        return max(1, round(ft.final_epochs * data.train_samples / per_iter))
+
+    def _finish(self, model: nn.Module, plan: Plan, original_sizes: dict[str, int]) -> None:
+        cfg = self.config
+        final, base = self.report["final"], self.report["baseline"]
+        cpu_model = build_model(plan.arch, plan.num_classes)
+        apply_plan(cpu_model, plan)
+        cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+        latency = {}
+        base_model = build_model(cfg.model.arch, cfg.model.num_classes)
+        for name, m in (("baseline", base_model), ("final", cpu_model)):
+            latency[name] = measure_latency(m, self.input_size, cfg.run.latency_batch_sizes, "cpu")
+            if torch.cuda.is_available():
+                latency[name].update(measure_latency(m, self.input_size, cfg.run.latency_batch_sizes, self.device))
+        self.report["latency"] = latency
+        widths = {gid: int(s) for gid, s in _group_widths(cpu_model, self.input_size, cfg.model.ignored_layers).items()}
+        self.report["channels"] = {gid: {"before": original_sizes.get(gid), "after": w} for gid, w in widths.items()}
+        self.report["plan_digest"] = plan.digest()
+        plan.save(self.run_dir / "plan.json")
+        from singe_dist.checkpoint import save_checkpoint
+
+        save_checkpoint(self.run_dir / "pruned.pt", cpu_model, plan.arch, plan.num_classes, plan)
+        atomic_write_text(self.run_dir / "report.json", json.dumps(self.report, indent=1))
+        self.log(summary_table(self.report))
+        self.tracker.finish(self.run_dir, self.report, cpu_model, self.input_size)
+
+
+def _group_widths(model: nn.Module, input_size: tuple[int, int, int], ignored: list[str]) -> dict[str, int]:
+    return {g.id: g.size for g in find_groups(model, example_input(model, input_size), ignored)}
+
+
+def _step_metrics(row: dict[str, Any]) -> dict[str, float]:
+    metrics = {"macs": row["macs"], "params": row["params"], "fraction_removed": row["fraction_removed"],
+               "relevance_s": row["relevance_s"], "finetune_s": row["finetune_s"],
+               "skipped_samples": row["skipped_samples"], "channels_removed": row["channels_removed"]}
+    for key in ("top1", "top5", "loss"):
+        metrics[key] = row["finetuned"][key]
+        if "pruned" in row:
+            metrics[f"pruned_{key}"] = row["pruned"][key]
+    return metrics
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The before/after table printed at the end of a run."""
+    from singe_dist.report import format_table, human
+
+    base, final = report["baseline"], report["final"]
+    lat = report.get("latency", {})
+    rows = [["baseline", base["top1"], base["top5"], human(base["params"]), human(base["macs"]),
+             f"{lat.get('baseline', {}).get('cpu_b1_ms', float('nan')):.2f}"]]
+    for r in report["steps"]:
+        rows.append([f"step {r['step']}", r["finetuned"]["top1"], r["finetuned"]["top5"], human(r["params"]),
+                     human(r["macs"]), ""])
+    rows.append(["final", final["top1"], final["top5"], human(final["params"]), human(final["macs"]),
+                 f"{lat.get('final', {}).get('cpu_b1_ms', float('nan')):.2f}"])
+    return format_table(["model", "top-1", "top-5", "params", "MACs", "CPU ms (b=1)"], rows)
