@@ -90,9 +90,15 @@ def _job_config(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """The main job in one process (Ray launches the same loop on every worker)."""
-    from singe_dist.engine.loop import PruneJob
+    config = _job_config(args)  # validate before the heavy imports: a typo fails in a second
+    if config.distributed.num_workers == 0:
+        from singe_dist.engine.loop import PruneJob
 
-    PruneJob(_job_config(args), resume=args.resume).run()
+        PruneJob(config, resume=args.resume).run()
+    else:
+        from singe_dist.distributed.ray_launcher import run_on_ray
+
+        run_on_ray(config, resume=args.resume)
     return 0
 
 

@@ -107,6 +107,33 @@ class TrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """MLflow. ``uri`` falls back to ``MLFLOW_TRACKING_URI``, then to a SQLite file beside the run directory."""
+
+    enabled: bool = True
+    uri: Optional[str] = None
+    experiment: str = "singe-dist"
+    run_name: Optional[str] = None
+    log_model: bool = True
+    register_model: Optional[str] = None  # registered model name, if any
+    connect_timeout_s: float = 10.0  # an unreachable server fails the job at start-up within this time
+
+
+@dataclass
+class DistributedConfig:
+    """Ray Train workers. ``num_workers: 0`` runs the loop in this process, without Ray."""
+
+    num_workers: int = 2
+    use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 0  # intra-op threads per worker (0: cpus_per_worker, at least 1)
+    max_failures: int = 0  # worker-group restarts (from the last checkpoint) before the job fails
+    storage_path: Optional[str] = None  # Ray Train storage (shared FS / s3:// on multi-node; default run dir)
+    address: Optional[str] = None  # Ray cluster ("auto", "ray://..."); default: RAY_ADDRESS, else a local runtime
+    timeout_s: int = 1800  # process-group (Gloo/NCCL) collective timeout
+
+
+@dataclass
 class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,6 +142,8 @@ class JobConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> JobConfig:
         """Range checks that types alone cannot express."""
@@ -143,6 +172,13 @@ class JobConfig:
         _check(self.model.num_classes >= 2, "model.num_classes", "must be >= 2", self.model.num_classes)
         _check(self.run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0", self.run.checkpoint_every)
         _check(self.train.iters >= 1, "train.iters", "must be >= 1", self.train.iters)
+        _check(self.distributed.num_workers >= 0, "distributed.num_workers", "must be >= 0", self.distributed.num_workers)
+        _check(self.distributed.cpus_per_worker > 0, "distributed.cpus_per_worker", "must be > 0",
+               self.distributed.cpus_per_worker)
+        _check(self.distributed.max_failures >= 0, "distributed.max_failures", "must be >= 0", self.distributed.max_failures)
+        _check(self.distributed.torch_threads >= 0, "distributed.torch_threads", "must be >= 0", self.distributed.torch_threads)
+        _check(self.tracking.connect_timeout_s > 0, "tracking.connect_timeout_s", "must be > 0",
+               self.tracking.connect_timeout_s)
         _check(0 < self.data.crop_scale_min <= 1, "data.crop_scale_min", "must be in (0, 1]", self.data.crop_scale_min)
         _check(len(self.data.mean) == 3 and len(self.data.std) == 3 and min(self.data.std) > 0, "data.mean/std",
                "must be three numbers each, std > 0", None)

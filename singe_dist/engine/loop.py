@@ -41,7 +41,10 @@ from singe_dist.relevance.criteria import CriterionConfig, accumulate, compute_r
 from singe_dist.relevance.groups import example_input, find_groups
 from singe_dist.tracking.base import NullTracker, Tracker
 
-FAIL_ENV = "SINGE_DIST_FAIL_AT_STEP"  # fault injection: "k" or "k:rank" -> die after step k's checkpoint
+# fault injection for tests: "k" or "k:rank" fails once, right after step k's checkpoint, by raising
+# (FAIL_MODE_ENV=raise, the default: a crash inside Python) or by killing the process (=exit)
+FAIL_ENV = "SINGE_DIST_FAIL_AT_STEP"
+FAIL_MODE_ENV = "SINGE_DIST_FAIL_MODE"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -126,15 +129,21 @@ class PruneJob:
         config: JobConfig,
         collective: Collective | None = None,
         tracker: Tracker | None = None,
-        resume: bool = False,
+        resume: bool | Path = False,
         log: Callable[[str], None] = print,
         checkpoint_hook: Callable[[Path, Position], None] | None = None,
+        run_dir_ready: bool = False,
     ) -> None:
+        """``resume``: True continues from the run directory's checkpoint, a path from that checkpoint
+        file (Ray Train hands restarted workers the last one it stored). ``run_dir_ready``: a launcher
+        already checked and created the run directory (Ray restarts must not trip the overwrite guard).
+        """
         self.config = config
         self.col = collective or LocalCollective()
         self.rank0 = self.col.rank == 0
         self.tracker = tracker if (tracker is not None and self.rank0) else NullTracker()
         self.resume = resume
+        self.run_dir_ready = run_dir_ready
         self._log = log
         self.checkpoint_hook = checkpoint_hook
         self.run_dir = Path(config.run.out_dir)
@@ -216,8 +225,10 @@ class PruneJob:
         marker = self.run_dir / f".fault-injected-{k}"
         if int(k) == step and (not rank or int(rank) == self.col.rank) and not marker.exists():
             marker.touch()
-            self._log(f"fault injection: rank {self.col.rank} dies after step {step}")
-            os._exit(17)
+            self._log(f"fault injection: rank {self.col.rank} fails after step {step}")
+            if os.environ.get(FAIL_MODE_ENV, "raise") == "exit":
+                os._exit(17)
+            raise RuntimeError(f"fault injection: rank {self.col.rank} failed after step {step}")
 
     def _finetune(self, model: nn.Module, phase: int, iters: int, position: Position, plan: Plan,
                   opt_state: dict | None) -> float:
@@ -266,8 +277,8 @@ class PruneJob:
 
     def _run(self) -> dict[str, Any]:
         cfg = self.config
-        if self.rank0:
-            prepare_run_dir(self.run_dir, self.resume, cfg.run.overwrite)
+        if self.rank0 and not self.run_dir_ready:
+            prepare_run_dir(self.run_dir, self.resume is True, cfg.run.overwrite)
         self.col.barrier()
         self.device = pick_device(cfg.run.device, self.col.rank)
         _seed_phase(cfg.run.seed, -1, 0)
@@ -285,7 +296,8 @@ class PruneJob:
         del original_model
 
         if self.resume:
-            ckpt = read_checkpoint(self.run_dir / CHECKPOINT_NAME)
+            source = self.resume if isinstance(self.resume, Path) else self.run_dir / CHECKPOINT_NAME
+            ckpt = read_checkpoint(source)
             plan = Plan.from_dict(ckpt["plan"], source="checkpoint plan")
             model = apply_plan(build_model(plan.arch, plan.num_classes), plan)
             model.load_state_dict(ckpt["state_dict"])
@@ -337,7 +349,8 @@ class PruneJob:
                        "fraction_removed": 1 - fp.get(cfg.prune.metric) / original.get(cfg.prune.metric),
                        "macs": fp.macs, "params": fp.params,
                        "channels_removed": sum(len(c) for c in selection.channels.values()),
-                       "relevance_s": t_rel, "budget_reached": selection.reached}
+                       "relevance_s": t_rel, "budget_reached": selection.reached,
+                       "target": target, "last_unit_cost": selection.last_unit_cost}
                 walls["relevance"] += t_rel
                 if cfg.run.eval_after_prune:
                     t0 = time.perf_counter()

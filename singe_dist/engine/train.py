@@ -116,10 +116,11 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running += loss.item()
+        value = loss.item()
+        running += value
         seen += 1
         if on_step is not None:
-            on_step(first_step + i, float(loss))  # type: ignore[operator]
+            on_step(first_step + i, value)  # type: ignore[operator]
     return running / max(1, seen)
 
 

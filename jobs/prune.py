@@ -1,0 +1,19 @@
+"""Entrypoint for `ray job submit`: the main pruning job on the cluster's Ray Train workers.
+
+    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- \
+        python jobs/prune.py --config jobs/configs/resnet50_imagenet.yaml [--set key=value ...] [--resume]
+
+Inside a submitted job, Ray sets RAY_ADDRESS, so the job joins the cluster it was submitted to.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, if not pip-installed
+
+from singe_dist.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["prune", *sys.argv[1:]]))

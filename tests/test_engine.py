@@ -1,0 +1,168 @@
+"""The entwined prune / fine-tune engine and the main job, in one process on real digits shards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from singe_dist.checkpoint import load_model, read_checkpoint
+from singe_dist.config import load_config
+from singe_dist.demo import DEMO_CONFIG
+from singe_dist.engine.loop import FAIL_ENV, PruneJob
+from singe_dist.engine.schedule import cumulative_fractions
+from singe_dist.errors import SingeError
+from singe_dist.plan.cost import measure
+from singe_dist.plan.plan import Plan
+
+from .conftest import DIGITS_SIZE, small_job_overrides
+
+INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
+
+
+def _job(shards, baseline, out_dir, **extra) -> PruneJob:  # noqa: ANN001
+    return PruneJob(load_config(DEMO_CONFIG, small_job_overrides(shards, baseline, out_dir, **extra)), log=lambda _m: None)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "singe_dist.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_entwined_run_meets_budget_and_report_matches_the_saved_checkpoint(digits_shards, digits_baseline, tmp_path) -> None:
+    out = tmp_path / "run"
+    report = _job(digits_shards, digits_baseline, out, finetune__final_iters=30).run()
+
+    steps, final = report["steps"], report["final"]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert [round(r["target_fraction"], 6) for r in steps] == [0.25, 0.5]
+    last = steps[-1]
+    assert last["budget_reached"] and last["macs"] <= last["target"]
+    assert last["target"] - last["macs"] < last["last_unit_cost"]  # within one channel's cost
+    assert final["fraction_removed"] >= 0.5
+    assert final["top1"] > last["pruned"]["top1"]  # fine-tuning recovers what pruning lost
+    assert report["baseline"]["top1"] > 0.9
+    assert {"cpu_b1_ms", "cpu_b8_ms"} <= set(report["latency"]["final"])
+    assert set(report["wall_time_s"]) >= {"baseline_eval", "relevance", "finetune", "final_finetune", "eval", "total"}
+
+    # an independent re-evaluation of what was saved gives the report's numbers
+    model, arch, _, plan = load_model(out / "pruned.pt")
+    assert plan == Plan.load(out / "plan.json") and len(plan.steps) == 2
+    fp = measure(model, INPUT)
+    assert (fp.macs, fp.params) == (final["macs"], final["params"])
+    config = ["--config", str(DEMO_CONFIG), *sum((["--set", o] for o in small_job_overrides(digits_shards, None, out)), [])]
+    proc = _cli("eval", "--checkpoint", str(out / "pruned.pt"), *config)
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout)
+    assert again["top1"] == final["top1"] and again["top5"] == final["top5"] and again["samples"] == 360
+    assert abs(again["loss"] - final["loss"]) < 1e-6
+    assert json.loads((out / "report.json").read_text())["final"] == final
+
+
+def test_resume_after_a_crash_ends_with_the_same_plan_and_weights(digits_shards, digits_baseline, tmp_path, monkeypatch) -> None:
+    reference = _job(digits_shards, digits_baseline, tmp_path / "ref", prune__steps=3).run()
+
+    monkeypatch.setenv(FAIL_ENV, "1")
+    with pytest.raises(RuntimeError, match="fault injection"):
+        _job(digits_shards, digits_baseline, tmp_path / "crash", prune__steps=3).run()
+    saved = read_checkpoint(tmp_path / "crash" / "checkpoint.pt")
+    assert saved["position"] == {"step": 1, "pruned": False, "iteration": 0}
+    assert not (tmp_path / "crash" / "report.json").exists()
+    config = load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, tmp_path / "crash", prune__steps=3))
+    resumed = PruneJob(config, resume=True, log=lambda _m: None).run()
+
+    assert Plan.load(tmp_path / "crash" / "plan.json") == Plan.load(tmp_path / "ref" / "plan.json")
+    a = read_checkpoint(tmp_path / "crash" / "pruned.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "ref" / "pruned.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["finetuned"] for r in resumed["steps"]] == [r["finetuned"] for r in reference["steps"]]
+
+
+def test_resume_in_the_middle_of_fine_tuning(digits_shards, digits_baseline, tmp_path) -> None:
+    """Checkpoints every N iterations: a resume from one of them continues the same trajectory."""
+    extra = {"prune__steps": 1, "finetune__iters_per_step": 6, "run__checkpoint_every": 4, "finetune__final_iters": 0}
+    reference = _job(digits_shards, digits_baseline, tmp_path / "ref", **extra)
+    saved: list[bytes] = []
+
+    def keep_mid_step(path: Path, position) -> None:  # noqa: ANN001
+        if position.pruned and position.iteration == 4:
+            saved.append(path.read_bytes())
+
+    reference.checkpoint_hook = keep_mid_step
+    reference.run()
+    assert saved, "no mid-step checkpoint was written"
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "checkpoint.pt").write_bytes(saved[0])  # as if the job died at iteration 4 of step 1
+    config = load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, crashed, **extra))
+    PruneJob(config, resume=True, log=lambda _m: None).run()
+    a = read_checkpoint(crashed / "pruned.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "ref" / "pruned.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "criterion",
+    [
+        {"criterion__name": "singe", "criterion__path": "group"},
+        {"criterion__name": "singe", "criterion__path": "channel", "criterion__max_rows": 512},
+        {"criterion__name": "taylor"},
+        {"criterion__name": "magnitude", "criterion__norm": 1},
+        {"criterion__name": "random"},
+    ],
+    ids=["singe-group", "singe-channel", "taylor", "magnitude", "random"],
+)
+def test_every_criterion_runs_through_the_same_engine(digits_shards, digits_baseline, tmp_path, criterion) -> None:
+    report = _job(digits_shards, digits_baseline, tmp_path / "run", prune__steps=1, finetune__iters_per_step=2,
+                  finetune__final_iters=2, data__batch_size=16, **criterion).run()
+    assert report["config"]["criterion.name"] == criterion["criterion__name"]
+    assert report["final"]["fraction_removed"] >= 0.5
+    assert Plan.load(tmp_path / "run" / "plan.json").removed_channels > 0
+
+
+def test_schedules_reach_the_budget_gradually() -> None:
+    for kind in ("linear", "cosine", "exponential"):
+        f = cumulative_fractions(0.6, 4, kind)
+        assert f[-1] == 0.6 and all(a < b for a, b in zip(f, f[1:])) and f[0] > 0
+    assert cumulative_fractions(0.6, 3, "linear") == pytest.approx([0.2, 0.4, 0.6])
+
+
+def test_existing_run_directory_is_never_overwritten_unless_asked(digits_shards, digits_baseline, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("hours of work")
+    with pytest.raises(SingeError, match="already exists"):
+        _job(digits_shards, digits_baseline, out, prune__steps=1).run()
+    assert (out / "precious.txt").read_text() == "hours of work"
+    with pytest.raises(SingeError, match="cannot resume"):
+        PruneJob(load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, out)), resume=True).run()
+    assert (out / "precious.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("prune.remove_fraction=1.2", "prune.remove_fraction must be in (0, 1), got 1.2"),
+        ("prune.stepz=3", "unknown config key 'prune.stepz'"),
+        ("finetune.lr=fast", "finetune.lr must be a number, got 'fast'"),
+        ("criterion.name=gradcam", "criterion.name must be one of"),
+        ("data.train=/nonexistent/train-{000000..000003}.tar", "/nonexistent"),
+    ],
+)
+def test_bad_config_is_one_clear_line(digits_shards, tmp_path, override: str, message: str) -> None:
+    sets = small_job_overrides(digits_shards, None, tmp_path / "run") + [override]
+    proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []))
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and message in line, line
+
+
+def test_bad_baseline_checkpoint_is_one_clear_line(digits_shards, tmp_path) -> None:
+    torch.save({"conv1.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pt")
+    sets = small_job_overrides(digits_shards, str(tmp_path / "wrong.pt"), tmp_path / "run")
+    proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "does not match the model" in proc.stderr
