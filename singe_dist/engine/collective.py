@@ -7,11 +7,16 @@ Train worker, where relevance sums, evaluation counts and plan hashes cross rank
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from singe_dist.errors import SingeError
+
+if TYPE_CHECKING:
+    from singe_dist.plan.plan import Plan
 
 
 class Collective(Protocol):
@@ -76,3 +81,16 @@ class TorchCollective:
     def wrap(self, model: nn.Module) -> nn.Module:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def assert_same_plan(collective: Collective, plan: Plan) -> None:
+    """All ranks must hold the same plan: compare hashes (all-gather) and stop loudly if any differs.
+
+    Ranks never prune independently; a difference means their relevance or model state diverged,
+    and continuing would train mismatched replicas under DDP.
+    """
+    digests = collective.all_gather_object(plan.digest())
+    if len(set(digests)) != 1:
+        bad = [r for r, d in enumerate(digests) if d != digests[0]]
+        raise SingeError(f"ranks took different pruning decisions (rank(s) {bad} differ from rank 0): "
+                         "relevance or model state diverged; stopping")

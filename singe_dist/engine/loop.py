@@ -27,7 +27,7 @@ from torch import nn
 from singe_dist.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_model, read_checkpoint
 from singe_dist.config import JobConfig, flatten
 from singe_dist.data.streams import DataStreams
-from singe_dist.engine.collective import Collective, LocalCollective
+from singe_dist.engine.collective import Collective, LocalCollective, assert_same_plan
 from singe_dist.engine.latency import measure_latency
 from singe_dist.engine.schedule import cumulative_fractions
 from singe_dist.engine.train import eval_sums, make_optimizer, result_from_sums, train_steps
@@ -186,13 +186,6 @@ class PruneJob:
         reduce = "abs" if self.criterion.name == "taylor" else self.criterion.reduce
         return groups, sums.finalize(reduce)
 
-    def _check_same_plan(self, plan: Plan) -> None:
-        digests = self.col.all_gather_object(plan.digest())
-        if len(set(digests)) != 1:
-            bad = [r for r, d in enumerate(digests) if d != digests[0]]
-            raise SingeError(f"ranks took different pruning decisions (rank(s) {bad} differ from rank 0): "
-                             "relevance or model state diverged; stopping")
-
     def _save(self, model: nn.Module, plan: Plan, position: Position, optimizer: torch.optim.Optimizer | None) -> None:
         self.report["wall_time_s"]["total"] = self._elapsed()
         if self.rank0:
@@ -343,7 +336,7 @@ class PruneJob:
                 selection = decide_and_remove(model, groups, scores, self.input_size, cfg.prune.metric, target,
                                               self.constraints, cfg.prune.normalize_by_cost, original_sizes)
                 plan.steps.append(selection.channels)
-                self._check_same_plan(plan)
+                assert_same_plan(self.col, plan)
                 fp = measure(model, self.input_size)
                 row = {"step": t + 1, "target_fraction": fractions[t],
                        "fraction_removed": 1 - fp.get(cfg.prune.metric) / original.get(cfg.prune.metric),

@@ -1,0 +1,95 @@
+"""Distributed relevance and decisions over a real Gloo process group (two processes, no Ray).
+
+Ray only launches workers; what must hold across ranks is tested here directly: sums and counts
+all-reduced from two data shares equal the relevance of the whole data, channel shares complete each
+other, and a rank whose plan differs is caught.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from singe_dist.checkpoint import load_model
+from singe_dist.data.digits import MEAN, STD
+from singe_dist.data.shards import shard_loader
+from singe_dist.data.transforms import eval_transform
+from singe_dist.engine.collective import LocalCollective, TorchCollective, assert_same_plan
+from singe_dist.errors import SingeError
+from singe_dist.plan.plan import Plan
+from singe_dist.relevance.criteria import CriterionConfig, accumulate
+from singe_dist.relevance.groups import example_input, find_groups
+
+from .conftest import DIGITS_SIZE
+
+CONFIGS = {
+    "singe-group": CriterionConfig(path="group", steps=3),
+    "taylor": CriterionConfig(name="taylor"),
+    "singe-channel": CriterionConfig(path="channel", steps=2, max_rows=1024),
+}
+
+
+def _relevance(checkpoint: str, val: str, name: str, rank: int, world: int, collective) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    model, *_ = load_model(checkpoint)
+    groups = find_groups(model, example_input(model, (3, DIGITS_SIZE, DIGITS_SIZE)))
+    config = CONFIGS[name]
+    split_channels = config.path == "channel"
+    # data shares: this rank's exact share of the validation shards; channel shares: all data, some channels
+    data_rank, data_world = (0, 1) if split_channels else (rank, world)
+    loader = shard_loader(val, mode="eval", num_classes=10, batch_size=64, num_workers=0, rank=data_rank,
+                          world_size=data_world, transform=eval_transform(DIGITS_SIZE, DIGITS_SIZE, MEAN, STD))
+    if split_channels:  # keep the channel path quick: two groups
+        groups = [g for g in groups if g.id in ("conv1", "layers.0.conv1")]
+        loader = [next(iter(loader))]
+    share = (rank, world) if split_channels else (0, 1)
+    sums = accumulate(model, groups, loader, config, channel_share=share)
+    sums.load_flat(collective.all_reduce_sum(sums.flatten()))
+    return sums.finalize("abs" if config.name == "taylor" else "signed")
+
+
+def _worker(rank: int, world: int, init_file: str, checkpoint: str, val: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        collective = TorchCollective(torch.device("cpu"))
+        results = {name: _relevance(checkpoint, val, name, rank, world, collective) for name in CONFIGS}
+        plan = Plan("digits_resnet", 10, (3, 16, 16), [{"conv1": [0, 1]}])
+        if rank == 1:
+            plan.steps[0]["conv1"].append(2)  # a diverged rank
+        try:
+            assert_same_plan(collective, plan)
+            results["divergence"] = "not caught"
+        except SingeError as exc:
+            results["divergence"] = str(exc)
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory, digits_shards, digits_baseline) -> list[dict]:  # noqa: ANN001
+    tmp = tmp_path_factory.mktemp("dist")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep the process group on the loopback interface
+    mp.spawn(_worker, args=(2, str(tmp / "init"), digits_baseline, digits_shards["val"], str(tmp / "out")),
+             nprocs=2, join=True)
+    return [torch.load(f"{tmp / 'out'}.{r}", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_two_workers_equal_one_worker(two_rank_results, digits_shards, digits_baseline, name: str) -> None:
+    single = _relevance(digits_baseline, digits_shards["val"], name, 0, 1, LocalCollective())
+    for rank_result in two_rank_results:
+        assert rank_result[name].keys() == single.keys()
+        for gid, score in single.items():
+            rel = float((rank_result[name][gid] - score).norm() / score.norm())
+            assert rel < 1e-5, (name, gid, rel)
+
+
+def test_a_diverged_rank_is_caught_on_every_rank(two_rank_results) -> None:
+    for result in two_rank_results:
+        assert "ranks took different pruning decisions (rank(s) [1] differ from rank 0)" in result["divergence"]
