@@ -2,7 +2,8 @@
 
 Everything a cluster job does, on the digits that ship with scikit-learn, in a few minutes on two CPU
 cores with no network: shards are written once (``runs/data/digits``), a baseline is trained once
-(``runs/demo/baseline.pt``), then the main job runs from ``jobs/configs/demo.yaml``.
+(``runs/demo/baseline.pt``), then the main job runs from ``jobs/configs/demo.yaml`` on two Ray Train
+workers of a local Ray runtime (``distributed.num_workers=0`` runs it in this process instead).
 """
 
 from __future__ import annotations
@@ -47,8 +48,15 @@ def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = pr
         log(f"      {time.perf_counter() - t0:.0f}s")
     else:
         log(f"[2/3] baseline found: {baseline}")
+    workers = config.distributed.num_workers
+    where = f"{workers} Ray workers on a local Ray runtime" if workers else "this process"
     log(f"[3/3] SInGE entwined pruning: {config.prune.remove_fraction:.0%} of {config.prune.metric} in "
-        f"{config.prune.steps} steps -> {config.run.out_dir}")
-    report = PruneJob(config, resume=False, log=log).run()
+        f"{config.prune.steps} steps on {where} -> {config.run.out_dir}")
+    if workers:
+        from singe_dist.distributed.ray_launcher import run_on_ray
+
+        report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)))
+    else:
+        report = PruneJob(config, resume=False, log=log).run()
     log(f"\nwrote {config.run.out_dir}/report.json, plan.json and pruned.pt")
     return report

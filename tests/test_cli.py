@@ -6,10 +6,8 @@ import json
 import subprocess
 import sys
 
-import torch
-
 from singe_dist.checkpoint import load_model, save_checkpoint
-from singe_dist.demo import DemoConfig, run_demo
+from singe_dist.demo import run_demo
 from singe_dist.plan.cost import measure
 from singe_dist.plan.plan import Plan
 
@@ -37,16 +35,21 @@ def test_relevance_command_writes_scores_per_group_with_module_names(trained_dig
     assert {"conv1", "bn1", "layers.0.conv1", "layers.0.conv2"} <= set(stem["members"]) | set(stem["consumers"])
 
 
-def test_demo_trains_prunes_half_the_macs_and_writes_a_loadable_model(tmp_path) -> None:
+def test_demo_writes_shards_trains_a_baseline_and_prunes_half_the_macs(tmp_path) -> None:
+    """The demo's own wiring, in one process and at 16 px (the Ray path is tested in test_ray_job)."""
+    data = tmp_path / "data"
+    overrides = [
+        f"data.train={data}/train-{{000000..000001}}.tar", f"data.val={data}/val-000000.tar",
+        "data.image_size=16", "data.resize_size=16", f"model.checkpoint={tmp_path}/baseline.pt",
+        f"run.out_dir={tmp_path}/prune", "train.iters=150", "prune.steps=2", "finetune.iters_per_step=10",
+        "finetune.final_epochs=0.5", "distributed.num_workers=0", "tracking.enabled=false",
+    ]
     lines: list[str] = []
-    rows = run_demo(tmp_path, DemoConfig(image_size=16, train_steps=120, finetune_steps=60), log=lines.append)
-    base, final = rows["baseline"], rows["pruned + fine-tuned"]
-    assert base["top1"] > 0.9
-    assert 0.45 <= final["macs"] / base["macs"] <= 0.5
-    assert final["top1"] > rows["pruned (no fine-tune)"]["top1"]
-    assert "| baseline" in lines[-1] and "MACs kept" in lines[-1]
-    model, arch, _, plan = load_model(tmp_path / "pruned.pt")
-    assert plan == Plan.load(tmp_path / "plan.json")
-    assert measure(model, (3, 16, 16)).macs == final["macs"]
-    x = torch.randn(2, 3, 16, 16)
-    assert model.eval()(x).shape == (2, 10)
+    report = run_demo(overrides, log=lines.append)
+    assert (data / "classes.json").is_file() and (tmp_path / "baseline.pt").is_file()
+    assert report["baseline"]["top1"] > 0.9
+    assert 0.5 <= report["final"]["fraction_removed"] < 0.6
+    assert any("| final" in line for line in lines)
+    model, *_ = load_model(tmp_path / "prune" / "pruned.pt")
+    assert measure(model, (3, 16, 16)).macs == report["final"]["macs"]
+    assert Plan.load(tmp_path / "prune" / "plan.json").digest() == report["plan_digest"]

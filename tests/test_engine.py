@@ -166,3 +166,9 @@ def test_bad_baseline_checkpoint_is_one_clear_line(digits_shards, tmp_path) -> N
     proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "does not match the model" in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted(Path(DEMO_CONFIG).parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_job_configs_are_valid(path: Path) -> None:
+    config = load_config(path)
+    assert 0 < config.prune.remove_fraction < 1 and config.distributed.num_workers >= 1
