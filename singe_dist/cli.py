@@ -91,14 +91,19 @@ def _job_config(args: argparse.Namespace):  # noqa: ANN202
 def cmd_prune(args: argparse.Namespace) -> int:
     """The main job in one process (Ray launches the same loop on every worker)."""
     config = _job_config(args)  # validate before the heavy imports: a typo fails in a second
+    from singe_dist.tracking.mlflow_tracker import make_tracker, ui_hint
+
     if config.distributed.num_workers == 0:
         from singe_dist.engine.loop import PruneJob
 
-        PruneJob(config, resume=args.resume).run()
+        tracker = make_tracker(config)  # an unreachable tracking server fails here, before any work
+        PruneJob(config, tracker=tracker, resume=args.resume).run()
     else:
         from singe_dist.distributed.ray_launcher import run_on_ray
 
         run_on_ray(config, resume=args.resume)
+    if config.tracking.enabled:
+        print(f"MLflow: {ui_hint(config)}")
     return 0
 
 

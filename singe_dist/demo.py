@@ -57,6 +57,12 @@ def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = pr
 
         report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)))
     else:
-        report = PruneJob(config, resume=False, log=log).run()
+        from singe_dist.tracking.mlflow_tracker import make_tracker
+
+        report = PruneJob(config, tracker=make_tracker(config), resume=False, log=log).run()
     log(f"\nwrote {config.run.out_dir}/report.json, plan.json and pruned.pt")
+    if config.tracking.enabled:
+        from singe_dist.tracking.mlflow_tracker import ui_hint
+
+        log(f"MLflow dashboard: {ui_hint(config)}")
     return report

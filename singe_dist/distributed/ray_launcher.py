@@ -61,7 +61,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     job = PruneJob(config, collective, tracker=tracker, resume=resume, checkpoint_hook=report, run_dir_ready=True,
-                   log=print)
+                   log=print, tags=loop_config.get("tags"))
     try:
         job.run()
     finally:
@@ -86,6 +86,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "auto":
+        _probe(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=True, configure_logging=False)
@@ -99,6 +101,21 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
     return ray
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at a Ray address (``ray.init`` would retry for minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise SingeError(f"cannot connect to the Ray cluster at {address}: expected host:port or ray://host:port")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise SingeError(f"cannot connect to the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None = None) -> dict[str, Any]:
     """Launch the job on ``config.distributed.num_workers`` Ray Train workers; return the report."""
     import json
@@ -106,17 +123,25 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from singe_dist.data.shards import expand_shards
+
     d = config.distributed
+    for pattern in (config.data.train, config.data.val):  # a missing shard fails here, not on every worker
+        expand_shards(pattern)
     run_dir = Path(config.run.out_dir).resolve()
     config.run.out_dir = str(run_dir)  # workers may start in another working directory
     ray = connect(d.address, local_cpus)
     use_gpu = d.use_gpu == "true" or (d.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
     _check_resources(ray, config, use_gpu)
+    if config.tracking.enabled:  # an unreachable tracking server fails here, not in a worker later
+        from singe_dist.tracking.mlflow_tracker import check_reachable, resolve_uri
+
+        check_reachable(resolve_uri(config), config.tracking.connect_timeout_s, config.tracking.experiment)
     prepare_run_dir(run_dir, resume, config.run.overwrite)
     storage = d.storage_path or str(run_dir / "ray")
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": _plain(config), "resume": resume},
+        train_loop_config={"config": _plain(config), "resume": resume, "tags": _driver_tags()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=d.timeout_s),
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": d.cpus_per_worker}),
@@ -133,6 +158,14 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     if not report_path.is_file():
         raise SingeError(f"the Ray job ended without writing {report_path}")
     return json.loads(report_path.read_text())
+
+
+def _driver_tags() -> dict[str, str]:
+    """Tags only the driver knows: workers run in a copy of the working dir without .git."""
+    from singe_dist.tracking.mlflow_tracker import git_commit
+
+    commit = git_commit()
+    return {"mlflow.source.git.commit": commit} if commit else {}
 
 
 def _plain(config: JobConfig) -> dict[str, Any]:

@@ -9,6 +9,7 @@ holds the plan so far, weights, optimiser, position and RNG state, so ``resume``
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -133,6 +134,7 @@ class PruneJob:
         log: Callable[[str], None] = print,
         checkpoint_hook: Callable[[Path, Position], None] | None = None,
         run_dir_ready: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """``resume``: True continues from the run directory's checkpoint, a path from that checkpoint
         file (Ray Train hands restarted workers the last one it stored). ``run_dir_ready``: a launcher
@@ -144,6 +146,7 @@ class PruneJob:
         self.tracker = tracker if (tracker is not None and self.rank0) else NullTracker()
         self.resume = resume
         self.run_dir_ready = run_dir_ready
+        self.tags = dict(tags or {})  # extra tracking tags from a launcher (e.g. the driver's git commit)
         self._log = log
         self.checkpoint_hook = checkpoint_hook
         self.run_dir = Path(config.run.out_dir)
@@ -308,7 +311,9 @@ class PruneJob:
                            "original": {"macs": original.macs, "params": original.params}, "steps": [],
                            "wall_time_s": {"baseline_eval": 0.0, "relevance": 0.0, "finetune": 0.0, "eval": 0.0}}
         model = model.to(self.device)
-        self.tracker.start(flatten(cfg), {"model": cfg.model.arch, "criterion": cfg.criterion.name})
+        self.tracker.start(flatten(cfg), {"model": cfg.model.arch, "criterion": cfg.criterion.name,
+                                          "world_size": str(self.col.world_size), "resumed": str(bool(self.resume)),
+                                          **self.tags})
         walls = self.report["wall_time_s"]
         self._clock = (time.perf_counter(), walls.get("total", 0.0))  # wall time survives a resume
 
@@ -411,8 +416,9 @@ class PruneJob:
         base_model = build_model(cfg.model.arch, cfg.model.num_classes)
         for name, m in (("baseline", base_model), ("final", cpu_model)):
             latency[name] = measure_latency(m, self.input_size, cfg.run.latency_batch_sizes, "cpu")
-            if torch.cuda.is_available():
-                latency[name].update(measure_latency(m, self.input_size, cfg.run.latency_batch_sizes, self.device))
+            if torch.cuda.is_available():  # on a copy: the model handed to the tracker stays on the CPU
+                latency[name].update(measure_latency(copy.deepcopy(m), self.input_size, cfg.run.latency_batch_sizes,
+                                                     self.device))
         self.report["latency"] = latency
         widths = {gid: int(s) for gid, s in _group_widths(cpu_model, self.input_size, cfg.model.ignored_layers).items()}
         self.report["channels"] = {gid: {"before": original_sizes.get(gid), "after": w} for gid, w in widths.items()}

@@ -1,0 +1,364 @@
+"""MLflow tracking against a real ``mlflow server`` on 127.0.0.1 (one per module) and the SQLite default."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from singe_dist.checkpoint import load_model
+from singe_dist.config import flatten, load_config
+from singe_dist.demo import DEMO_CONFIG
+from singe_dist.engine.loop import FAIL_ENV, PruneJob
+from singe_dist.errors import SingeError
+from singe_dist.models import build_model
+from singe_dist.tracking import NullTracker
+from singe_dist.tracking.mlflow_tracker import (
+    MlflowTracker,
+    final_metrics,
+    make_tracker,
+    redact,
+    resolve_uri,
+    safe_params,
+    ui_hint,
+)
+from singe_dist.tracking.plots import accuracy_points, plot_accuracy_vs_macs, plot_channels, plot_relevance_histogram
+
+from .conftest import DIGITS_SIZE
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+STEP_KEYS = ("top1", "top5", "loss", "macs", "params", "fraction_removed")  # baseline (step 0) and every step
+PRUNE_KEYS = ("pruned_top1", "relevance_s", "finetune_s", "channels_removed", "skipped_samples")  # steps 1..T
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _quiet_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _server_process(request, tmp_path_factory):  # noqa: ANN001, ANN202
+    """Start the server as the module begins (it takes a while): the tests without one run meanwhile."""
+    if not any("mlflow_server" in item.fixturenames for item in request.session.items if item.module is request.module):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
+           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=_quiet_env(),
+                                start_new_session=True)
+    try:
+        yield proc, f"http://127.0.0.1:{port}", root / "server.log"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (its uvicorn worker too)
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(_server_process) -> str:  # noqa: ANN001
+    """A real tracking server (SQLite backend, proxied artifacts) on a free port of 127.0.0.1, once it answers."""
+    import requests
+
+    proc, uri, log = _server_process
+    deadline = time.monotonic() + 240
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+                return uri
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"mlflow server did not answer /health within 240 s: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+@pytest.fixture()
+def uri_env(monkeypatch, mlflow_server) -> str:  # noqa: ANN001
+    """The server as ``MLFLOW_TRACKING_URI`` (what ``mlflow.pytorch.load_model("models:/...")`` resolves with)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+def _config(shards: dict[str, str], out_dir: Path, *extra: str):  # noqa: ANN202
+    overrides = [
+        f"data.train={shards['train']}", f"data.val={shards['val']}", f"data.image_size={DIGITS_SIZE}",
+        f"data.resize_size={DIGITS_SIZE}", "data.batch_size=32", "data.shuffle_buffer=64", "model.checkpoint=null",
+        f"run.out_dir={out_dir}", "prune.steps=2", "finetune.iters_per_step=4", "finetune.final_iters=3",
+        "finetune.log_every=2", "criterion.calibration_batches=1", "criterion.steps=2", "run.latency_batch_sizes=[1]",
+        "tracking.experiment=test-tracking", *extra,
+    ]
+    return load_config(DEMO_CONFIG, overrides)
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client: MlflowClient, run_id: str) -> set[str]:
+    found, todo = set(), [None]
+    while todo:
+        for item in client.list_artifacts(run_id, todo.pop()):
+            (todo.append(item.path) if item.is_dir else found.add(item.path))
+    return found
+
+
+# ------------------------------------------------------------------------------------ no server
+def test_an_unreachable_server_fails_fast_with_one_line_naming_it(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    port = _free_port()  # nothing listens there
+    uri = f"http://alice:s3cret@127.0.0.1:{port}"
+    config = load_config(None, [f"run.out_dir={tmp_path / 'run'}", f"tracking.uri={uri}",
+                                "tracking.connect_timeout_s=5"])
+    started = time.monotonic()
+    with pytest.raises(SingeError) as err:
+        make_tracker(config)
+    assert time.monotonic() - started < 15
+    message = str(err.value)
+    assert f"127.0.0.1:{port}" in message and "not reachable" in message
+    assert "\n" not in message and "s3cret" not in message
+    assert not (tmp_path / "run").exists()  # nothing was done
+
+
+def test_a_server_that_never_answers_fails_within_the_connect_timeout(tmp_path) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = load_config(None, [f"run.out_dir={tmp_path / 'run'}", f"tracking.uri={uri}",
+                                    "tracking.connect_timeout_s=1.5"])
+        started = time.monotonic()
+        with pytest.raises(SingeError, match=r"did not answer within 1\.5 s") as err:
+            make_tracker(config)
+        assert time.monotonic() - started < 10
+    assert uri in str(err.value)
+
+
+def test_the_sqlite_default_needs_no_server_and_logs_no_secrets(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, [
+        "run.out_dir=runs/job",  # relative: the store goes beside it, as an absolute path
+        "data.train=https://bob:hunter2@data.example.com/train-{000000..000001}.tar",
+        "model.checkpoint=https://store.example.com/base.pt?X-Amz-Signature=abcdef123&token=zzz999",
+        "model.ignored_layers=[fc]",
+    ])
+    db = tmp_path / "runs" / "mlflow.db"
+    assert resolve_uri(config) == f"sqlite:///{db}"
+    assert ui_hint(config) == f"mlflow ui --backend-store-uri sqlite:///{db}"
+    tracker = make_tracker(config)
+    assert isinstance(tracker, MlflowTracker) and db.is_file()
+    tracker.start({**flatten(config), "storage.api_token": "tok-SECRET-1"}, {"criterion": "singe"})
+    tracker.log_metrics({"top1": 0.5, "macs": 100, "ignored": "text", "nan": float("nan")}, step=0)
+    tracker.log_metrics({"top1": 0.7, "macs": 50}, step=1)
+    tracker.log_step({"step": 1}, {"layer1": [0.5, -0.1, 0.2], "layer2": [0.0]})
+    tracker.fail(RuntimeError("boom"))
+    assert tracker.lost is None
+
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: boom"
+    everything = json.dumps({**run.data.params, **run.data.tags})
+    for secret in ("hunter2", "abcdef123", "zzz999", "tok-SECRET-1"):
+        assert secret not in everything
+    assert "storage.api_token" not in run.data.params
+    assert run.data.params["data.train"].startswith("https://bob:<redacted>@data.example.com/")
+    assert run.data.params["model.ignored_layers"] == '["fc"]'
+    assert [s for s, _ in _history(client, tracker.run_id, "top1")] == [0, 1]
+    assert set(run.data.metrics) == {"top1", "macs"}
+    assert "plots/relevance_step1.png" in _artifacts(client, tracker.run_id)
+    assert (tmp_path / "runs" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+
+
+def test_only_rank_zero_with_tracking_enabled_gets_a_real_tracker(tmp_path) -> None:
+    unreachable = f"http://127.0.0.1:{_free_port()}"  # never contacted
+    config = load_config(None, [f"run.out_dir={tmp_path}", f"tracking.uri={unreachable}"])
+    assert isinstance(make_tracker(config, rank=1), NullTracker)
+    config = load_config(None, [f"run.out_dir={tmp_path}", f"tracking.uri={unreachable}", "tracking.enabled=false"])
+    assert isinstance(make_tracker(config, rank=0), NullTracker)
+    assert ui_hint(config) == f"open {unreachable}"
+
+
+def test_redaction_and_param_values() -> None:
+    assert redact("postgresql://u:pw@db:5432/mlflow") == "postgresql://u:<redacted>@db:5432/mlflow"
+    assert redact("s3://b/k?token=abc&x=1") == "s3://b/k?token=<redacted>&x=1"
+    assert "ghp_" not in redact("use ghp_abcdefghijklmnopqrstuvwxyz0123")
+    assert redact("runs/demo/prune") == "runs/demo/prune"
+    params = safe_params({"a.list": [1, 8], "a.none": None, "a.long": "x" * 7000, "db.password": "pw",
+                          "a.float": 0.5})
+    assert params == {"a.list": "[1, 8]", "a.none": "None", "a.long": "x" * 5997 + "...", "a.float": "0.5"}
+
+
+def test_plots_and_final_metrics_from_a_report(tmp_path) -> None:
+    report = {
+        "baseline": {"top1": 0.9, "top5": 1.0, "macs": 3e6, "params": 8e4},
+        "steps": [{"step": 1, "macs": 2e6, "pruned": {"top1": 0.5}, "finetuned": {"top1": 0.85}},
+                  {"step": 2, "macs": 1.5e6, "finetuned": {"top1": 0.8}}],
+        "final": {"top1": 0.88, "top5": 0.99, "macs": 1.5e6, "params": 4e4, "loss": 0.4, "fraction_removed": 0.5},
+        "channels": {"conv1": {"before": 16, "after": 8}, "layers.0": {"before": 32, "after": 20}},
+        "latency": {"final": {"cpu_b1_ms": 1.5}}, "wall_time_s": {"total": 12.0},
+    }
+    assert [p[0] for p in accuracy_points(report)] == ["baseline", "step 1 pruned", "step 1 finetuned",
+                                                       "step 2 finetuned", "final"]
+    for path in (plot_accuracy_vs_macs(report, tmp_path / "a.png"), plot_channels(report["channels"], tmp_path / "c.png"),
+                 plot_relevance_histogram({"g": [0.1, -0.3, 0.2], "h": []}, tmp_path / "sub" / "r.png"),
+                 plot_accuracy_vs_macs({}, tmp_path / "empty.png")):
+        assert path.read_bytes()[:8] == PNG
+    metrics = final_metrics(report)
+    assert metrics["final_top1"] == 0.88 and metrics["top1_drop"] == pytest.approx(0.02)
+    assert metrics["latency_final_cpu_b1_ms"] == 1.5 and metrics["wall_time_total_s"] == 12.0
+
+
+# ------------------------------------------------------------------------------------ real server
+@pytest.mark.slow
+def test_a_run_logs_params_step_metrics_artifacts_and_a_model_that_loads(digits_shards, uri_env, tmp_path) -> None:
+    run_dir = tmp_path / "runs" / "singe"
+    config = _config(digits_shards, run_dir, "tracking.register_model=singe-digits-test")
+    tracker = make_tracker(config)
+    assert isinstance(tracker, MlflowTracker) and tracker.uri == uri_env
+    report = PruneJob(config, tracker=tracker, log=lambda _m: None).run()
+    assert tracker.lost is None
+
+    client = MlflowClient(uri_env)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == tracker.experiment_id
+    assert client.get_experiment(run.info.experiment_id).name == "test-tracking"
+
+    # params: the flattened config, as strings (lists stringified)
+    params = run.data.params
+    assert params == safe_params(flatten(config)) and set(params) == set(flatten(config))
+    assert params["prune.steps"] == "2" and params["criterion.name"] == "singe"
+    assert params["run.latency_batch_sizes"] == "[1]" and params["model.checkpoint"] == "None"
+    tags = run.data.tags
+    assert tags["model"] == "digits_resnet" and tags["criterion"] == "singe" and tags["run_dir"] == str(run_dir)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+
+    # metrics: exactly one value per step, the report's values
+    for key in STEP_KEYS:
+        assert [s for s, _ in _history(client, tracker.run_id, key)] == [0, 1, 2], key
+    for key in PRUNE_KEYS:
+        assert [s for s, _ in _history(client, tracker.run_id, key)] == [1, 2], key
+    top1 = dict(_history(client, tracker.run_id, "top1"))
+    assert top1[0] == pytest.approx(report["baseline"]["top1"])
+    assert [top1[r["step"]] for r in report["steps"]] == pytest.approx([r["finetuned"]["top1"] for r in report["steps"]])
+    assert dict(_history(client, tracker.run_id, "macs"))[2] == report["steps"][1]["macs"]
+    # the fine-tune loss every 2 iterations of 4 + 4 + 3, its step the global iteration
+    assert [s for s, _ in _history(client, tracker.run_id, "finetune_loss")] == [2, 4, 6, 8, 10]
+    assert run.data.metrics["final_top1"] == pytest.approx(report["final"]["top1"])
+    assert run.data.metrics["final_macs"] == report["final"]["macs"]
+
+    # artifacts: plan, report, plots
+    files = _artifacts(client, tracker.run_id)
+    assert {"plan.json", "report.json", "plots/accuracy_vs_macs.png", "plots/channels_per_layer.png",
+            "plots/relevance_step1.png", "plots/relevance_step2.png"} <= files
+    got = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="report.json",
+                                                   dst_path=str(tmp_path / "dl"), tracking_uri=uri_env))
+    assert json.loads(got.read_text()) == json.loads((run_dir / "report.json").read_text())
+    png = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="plots/channels_per_layer.png",
+                                                   dst_path=str(tmp_path / "dl"), tracking_uri=uri_env))
+    assert png.read_bytes()[:8] == PNG
+
+    # the model: linked to the run, registered, with a signature, and the same function as pruned.pt
+    assert tracker.model_uri and tags["model_uri"] == tracker.model_uri
+    model_id = tracker.model_uri.split("/")[-1]
+    assert client.get_logged_model(model_id).source_run_id == tracker.run_id
+    versions = client.search_model_versions("name='singe-digits-test'")
+    assert [v.run_id for v in versions] == [tracker.run_id]
+    info = mlflow.models.get_model_info(tracker.model_uri)
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, DIGITS_SIZE, DIGITS_SIZE]
+    logged = mlflow.pytorch.load_model(tracker.model_uri).eval()
+    expected = load_model(run_dir / "pruned.pt")[0].eval()
+    x = torch.randn(8, 3, DIGITS_SIZE, DIGITS_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(logged(x), expected(x), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_marked_failed_keeps_its_metrics_and_a_resume_continues_it(
+        digits_shards, uri_env, tmp_path, monkeypatch) -> None:
+    run_dir = tmp_path / "runs" / "crash"
+    config = _config(digits_shards, run_dir, "tracking.log_model=false", "criterion.name=taylor")
+    tracker = make_tracker(config)
+    monkeypatch.setenv(FAIL_ENV, "1")
+    with pytest.raises(RuntimeError, match="fault injection"):
+        PruneJob(config, tracker=tracker, log=lambda _m: None).run()
+
+    client = MlflowClient(uri_env)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert "fault injection" in run.data.tags["error"] and "\n" not in run.data.tags["error"]
+    for key in STEP_KEYS:
+        assert [s for s, _ in _history(client, tracker.run_id, key)] == [0, 1], key
+    assert [s for s, _ in _history(client, tracker.run_id, "pruned_top1")] == [1]
+    files = _artifacts(client, tracker.run_id)
+    assert "plots/relevance_step1.png" in files and "report.json" not in files
+
+    # --resume: the same MLflow run goes on, and still has one value per step
+    monkeypatch.delenv(FAIL_ENV)
+    resumed = make_tracker(config)
+    PruneJob(config, tracker=resumed, resume=True, log=lambda _m: None).run()
+    assert resumed.run_id == tracker.run_id and resumed.lost is None
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert "fault injection" in run.data.tags["resumed_after"] and run.data.tags["resumes"] == "1"
+    for key in STEP_KEYS:
+        assert [s for s, _ in _history(client, tracker.run_id, key)] == [0, 1, 2], key
+    assert {"report.json", "plan.json", "plots/relevance_step2.png"} <= _artifacts(client, tracker.run_id)
+
+
+@pytest.mark.slow
+def test_losing_the_server_mid_run_warns_once_and_never_raises(uri_env, tmp_path) -> None:
+    config = load_config(None, [f"run.out_dir={tmp_path / 'run'}", "tracking.experiment=test-tracking"])
+    tracker = make_tracker(config)
+    tracker.start(flatten(config), {})
+    tracker.log_metrics({"top1": 0.5}, step=0)
+
+    def gone(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise ConnectionError("Connection refused")
+
+    tracker.client.log_batch = gone
+    tracker.client.log_artifact = gone
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.log_metrics({"top1": 0.6}, step=1)
+        tracker.log_step({"step": 1}, {"g": [0.1, 0.2]})
+        tracker.finish(tmp_path / "run", {"steps": []}, build_model("digits_resnet", 10), (3, 16, 16))
+    lost = [w for w in caught if "MLflow tracking lost" in str(w.message)]
+    assert len(lost) == 1 and str(tmp_path / "run") in str(lost[0].message)
+    assert "training continues" in str(lost[0].message)
+    assert tracker.lost is not None and "Connection refused" in tracker.lost
+    # the server itself is fine: the run is not left RUNNING
+    run = MlflowClient(uri_env).get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and "Connection refused" in run.data.tags["tracking_lost"]
+    assert [s for s, _ in _history(MlflowClient(uri_env), tracker.run_id, "top1")] == [0]
