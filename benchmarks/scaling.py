@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +90,7 @@ def main() -> None:
 
     from singe_dist.report import format_table
 
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")

@@ -92,7 +92,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
         if address:
             ray.init(address=address, log_to_driver=True, configure_logging=False)
         else:
-            # a local runtime for laptops and tests: loopback only, no dashboard
+            # a local runtime for laptops and tests: loopback only, no dashboard. Without this switch
+            # Ray replaces 127.0.0.1 by the machine's address and binds its servers to all interfaces.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False,
                      _node_ip_address="127.0.0.1")
     except (ConnectionError, RuntimeError, ValueError) as exc:
