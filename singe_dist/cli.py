@@ -100,8 +100,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         PruneJob(config, tracker=tracker, resume=args.resume).run()
     else:
         from singe_dist.distributed.ray_launcher import run_on_ray
+        from singe_dist.engine.loop import summary_table
 
-        run_on_ray(config, resume=args.resume)
+        print(summary_table(run_on_ray(config, resume=args.resume)))
     if config.tracking.enabled:
         print(f"MLflow: {ui_hint(config)}")
     return 0

@@ -55,7 +55,10 @@ def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = pr
     if workers:
         from singe_dist.distributed.ray_launcher import run_on_ray
 
+        from singe_dist.engine.loop import summary_table
+
         report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)))
+        log("\n" + summary_table(report))
     else:
         from singe_dist.tracking.mlflow_tracker import make_tracker
 

@@ -130,15 +130,17 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     d = config.distributed
     for pattern in (config.data.train, config.data.val):  # a missing shard fails here, not on every worker
         expand_shards(pattern)
-    run_dir = Path(config.run.out_dir).resolve()
-    config.run.out_dir = str(run_dir)  # workers may start in another working directory
+    _absolute_paths(config)  # workers run in a copy of the working directory, elsewhere
+    run_dir = Path(config.run.out_dir)
     ray = connect(d.address, local_cpus)
     use_gpu = d.use_gpu == "true" or (d.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
     _check_resources(ray, config, use_gpu)
     if config.tracking.enabled:  # an unreachable tracking server fails here, not in a worker later
         from singe_dist.tracking.mlflow_tracker import check_reachable, resolve_uri
 
-        check_reachable(resolve_uri(config), config.tracking.connect_timeout_s, config.tracking.experiment)
+        uri = resolve_uri(config)
+        if uri.startswith(("http://", "https://")):
+            check_reachable(uri, config.tracking.connect_timeout_s, config.tracking.experiment)
     prepare_run_dir(run_dir, resume, config.run.overwrite)
     storage = d.storage_path or str(run_dir / "ray")
     trainer = TorchTrainer(
@@ -160,6 +162,23 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     if not report_path.is_file():
         raise SingeError(f"the Ray job ended without writing {report_path}")
     return json.loads(report_path.read_text())
+
+
+def _local(path: str) -> bool:
+    return "://" not in path and not path.startswith("pipe:")
+
+
+def _absolute_paths(config: JobConfig) -> None:
+    """Make the config's local paths absolute against the driver's working directory."""
+    absolute = lambda p: os.path.abspath(os.path.expanduser(p)) if p and _local(p) else p  # noqa: E731
+    config.run.out_dir = absolute(config.run.out_dir)
+    config.data.train = absolute(config.data.train)
+    config.data.val = absolute(config.data.val)
+    config.model.checkpoint = absolute(config.model.checkpoint)
+    config.distributed.storage_path = absolute(config.distributed.storage_path)
+    uri = config.tracking.uri
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        config.tracking.uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
 
 
 def _driver_tags() -> dict[str, str]:

@@ -1,0 +1,56 @@
+"""``singe-dist shards``: write webdataset shards from an ImageFolder tree or from the bundled digits.
+
+    singe-dist shards --imagefolder DIR --out DIR [--per-shard N] [--prefix train]
+    singe-dist shards --digits --out DIR [--size 32] [--per-shard N]
+
+:func:`register` adds the sub-command to the main parser's subparsers; the handler prints the brace
+pattern of each shard set, which is what the reader and the job configs take.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from singe_dist.data.convert import ShardSet, digits_to_shards, imagefolder_to_shards
+from singe_dist.errors import SingeError
+
+DEFAULT_PER_SHARD = 1000
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``shards`` sub-command; its handler is ``args.func``."""
+    parser = subparsers.add_parser(
+        "shards",
+        help="write webdataset shards from an ImageFolder tree or the bundled digits",
+        description="Write webdataset tar shards (<prefix>-000000.tar, ...) and classes.json into --out.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--imagefolder", metavar="DIR", help="ImageFolder tree: DIR/<class>/<image>")
+    source.add_argument("--digits", action="store_true", help="the scikit-learn digits, as train-*.tar and val-*.tar")
+    parser.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    parser.add_argument("--per-shard", type=int, default=DEFAULT_PER_SHARD, metavar="N", help="samples per shard")
+    parser.add_argument("--prefix", help="shard name prefix, --imagefolder only (default: train)")
+    parser.add_argument("--size", type=int, help="image side in pixels, --digits only (default: 32)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert as asked and print one line per shard set; user mistakes raise SingeError."""
+    if args.digits:
+        if args.prefix is not None:
+            raise SingeError("--prefix applies to --imagefolder only; --digits writes train-*.tar and val-*.tar")
+        written = digits_to_shards(args.out, size=32 if args.size is None else args.size, per_shard=args.per_shard)
+    else:
+        if args.size is not None:
+            raise SingeError("--size applies to --digits only; --imagefolder keeps the original images")
+        prefix = "train" if args.prefix is None else args.prefix
+        written = {prefix: imagefolder_to_shards(args.imagefolder, args.out, prefix=prefix, per_shard=args.per_shard)}
+    for name, shards in written.items():
+        print(_summary(name, shards))
+    return 0
+
+
+def _summary(name: str, shards: ShardSet) -> str:
+    skipped = f", {shards.skipped} unreadable image(s) skipped" if shards.skipped else ""
+    return f"{name}: {shards.samples} samples in {len(shards.paths)} shard(s){skipped}: {shards.pattern}"
