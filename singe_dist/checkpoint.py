@@ -10,13 +10,13 @@ in place of the previous one.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from singe_dist.atomic import atomic_write
 from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.plan.plan import Plan, apply_plan
@@ -25,22 +25,8 @@ CHECKPOINT_FORMAT = "singe-dist/checkpoint/v1"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path`` and rename it into place.
-
-    A crash or a full disk mid-write leaves the previous file intact instead of a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`singe_dist.atomic.atomic_write`: never a truncated checkpoint."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -43,7 +43,7 @@ def cmd_relevance(args: argparse.Namespace) -> int:
     from singe_dist.checkpoint import load_model
     from singe_dist.data.digits import digits_tensors
     from singe_dist.engine.train import tensor_batches
-    from singe_dist.plan.plan import atomic_write_text
+    from singe_dist.atomic import atomic_write_text
     from singe_dist.relevance.criteria import compute_relevance
     from singe_dist.relevance.groups import example_input, find_groups
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 
 from singe_dist.errors import SingeError
+from singe_dist.relevance.config import CriterionConfig
 
 
 @dataclass
@@ -58,17 +59,10 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
-@dataclass
-class CriterionSection:
-    name: Literal["singe", "taylor", "magnitude", "random"] = "singe"
-    path: Literal["group", "channel"] = "group"
-    steps: int = 8
-    rule: Literal["midpoint", "trapezoid"] = "midpoint"
-    reduce: Literal["signed", "abs"] = "signed"
-    loss: Literal["ce", "kl"] = "ce"
-    norm: int = 2
-    seed: int = 0
-    max_rows: int = 256
+@dataclass(frozen=True)
+class CriterionSection(CriterionConfig):
+    """The criterion (see :class:`CriterionConfig`) plus how a job feeds it."""
+
     calibration_batches: int = 4  # fresh batches per pruning step (per rank with split=data)
     split: Literal["data", "channels"] = "data"  # how ranks share relevance work (channels: path=channel only)
 
@@ -152,9 +146,6 @@ class JobConfig:
         _check(0.0 <= self.prune.min_keep_fraction < 1.0, "prune.min_keep_fraction", "must be in [0, 1)", self.prune.min_keep_fraction)
         _check(self.prune.min_keep >= 1, "prune.min_keep", "must be >= 1", self.prune.min_keep)
         _check(self.prune.round_to >= 1, "prune.round_to", "must be >= 1", self.prune.round_to)
-        _check(self.criterion.steps >= 1, "criterion.steps", "must be >= 1", self.criterion.steps)
-        _check(self.criterion.norm in (1, 2), "criterion.norm", "must be 1 or 2", self.criterion.norm)
-        _check(self.criterion.max_rows >= 1, "criterion.max_rows", "must be >= 1", self.criterion.max_rows)
         _check(self.criterion.calibration_batches >= 1, "criterion.calibration_batches", "must be >= 1",
                self.criterion.calibration_batches)
         _check(self.finetune.iters_per_step >= 0, "finetune.iters_per_step", "must be >= 0", self.finetune.iters_per_step)

@@ -14,7 +14,7 @@ from singe_dist.data.streams import DataStreams
 from singe_dist.engine.loop import Progress, _seed_phase, pick_device
 from singe_dist.engine.train import evaluate, make_optimizer, train_steps
 from singe_dist.plan.cost import measure
-from singe_dist.plan.plan import atomic_write_text
+from singe_dist.atomic import atomic_write_text
 
 
 def train_baseline(config: JobConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:

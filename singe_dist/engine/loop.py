@@ -36,9 +36,10 @@ from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.plan.cost import measure
 from singe_dist.plan.decide import Budget, decide_and_remove
-from singe_dist.plan.plan import Plan, apply_plan, atomic_write_text
+from singe_dist.atomic import atomic_write_text
+from singe_dist.plan.plan import Plan, apply_plan
 from singe_dist.plan.select import Constraints
-from singe_dist.relevance.criteria import CriterionConfig, accumulate, compute_relevance
+from singe_dist.relevance.criteria import accumulate, compute_relevance
 from singe_dist.relevance.groups import example_input, find_groups
 from singe_dist.tracking.base import NullTracker, Tracker
 
@@ -56,12 +57,6 @@ class Position:
     step: int = 0
     pruned: bool = False  # the removal of ``step`` is done; fine-tuning is under way
     iteration: int = 0  # fine-tune iterations done in this phase
-
-
-def criterion_config(config: JobConfig) -> CriterionConfig:
-    c = config.criterion
-    return CriterionConfig(name=c.name, path=c.path, steps=c.steps, rule=c.rule, reduce=c.reduce, loss=c.loss,
-                           norm=c.norm, seed=c.seed, max_rows=c.max_rows)  # type: ignore[arg-type]
 
 
 def pick_device(kind: str, rank: int) -> torch.device:
@@ -151,7 +146,7 @@ class PruneJob:
         self.checkpoint_hook = checkpoint_hook
         self.run_dir = Path(config.run.out_dir)
         self.input_size = (3, config.data.image_size, config.data.image_size)
-        self.criterion = criterion_config(config)
+        self.criterion = config.criterion
         self.budget = Budget(config.prune.metric, config.prune.remove_fraction)
         self.constraints = Constraints(config.prune.min_keep_fraction, config.prune.min_keep, config.prune.round_to)
         if config.criterion.split == "channels" and config.criterion.path != "channel":

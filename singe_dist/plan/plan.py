@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from singe_dist.atomic import atomic_write_text
 from singe_dist.errors import SingeError
 from singe_dist.relevance.groups import build_graph, example_input
 
@@ -87,22 +87,6 @@ class Plan:
     @property
     def removed_channels(self) -> int:
         return sum(len(c) for step in self.steps for c in step.values())
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write text to a temporary file beside ``path`` then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _out_pruning_fn(module: nn.Module):  # noqa: ANN202 - a torch-pruning handler
