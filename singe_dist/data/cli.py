@@ -10,9 +10,12 @@ pattern of each shard set, which is what the reader and the job configs take.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from singe_dist.data.convert import ShardSet, digits_to_shards, imagefolder_to_shards
 from singe_dist.errors import SingeError
+
+if TYPE_CHECKING:
+    from singe_dist.data.convert import ShardSet
 
 DEFAULT_PER_SHARD = 1000
 
@@ -37,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Convert as asked and print one line per shard set; user mistakes raise SingeError."""
+    # imported here: building the main parser must not import torch (a config typo fails in a blink)
+    from singe_dist.data.convert import digits_to_shards, imagefolder_to_shards
+
     if args.digits:
         if args.prefix is not None:
             raise SingeError("--prefix applies to --imagefolder only; --digits writes train-*.tar and val-*.tar")
