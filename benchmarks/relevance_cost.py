@@ -16,7 +16,6 @@ on a fixed share of its (channel, point) pairs; its ratio is per pass, like the 
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 

@@ -8,7 +8,6 @@ other, and a rank whose plan differs is caught.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch

@@ -249,10 +249,9 @@ class PruneJob:
             if every and (i + 1) % every == 0 and i + 1 < iters:
                 self._save(model, plan, Position(position.step, True, i + 1), optimizer)
 
-        chunk_start = start
         try:
             train_steps(train_model, optimizer, stream, iters - start, cfg.lr, cfg.label_smoothing,
-                        first_step=chunk_start, total_steps=iters, on_step=on_step, amp=cfg.amp)
+                        first_step=start, total_steps=iters, on_step=on_step, amp=cfg.amp)
         finally:
             progress.close()
         self._global_iter += iters
@@ -403,7 +402,6 @@ class PruneJob:
 
     def _finish(self, model: nn.Module, plan: Plan, original_sizes: dict[str, int]) -> None:
         cfg = self.config
-        final, base = self.report["final"], self.report["baseline"]
         cpu_model = build_model(plan.arch, plan.num_classes)
         apply_plan(cpu_model, plan)
         cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})

@@ -27,7 +27,7 @@ import torch_pruning as tp
 from torch import nn
 
 from singe_dist.errors import SingeError
-from singe_dist.relevance.config import CRITERIA, CriterionConfig
+from singe_dist.relevance.config import CriterionConfig
 from singe_dist.relevance.groups import ChannelGroup, Gates
 
 def path_points(steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
