@@ -5,6 +5,7 @@ Their numbers are not checked here (timings belong in docs/BENCHMARKS.md, not in
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,44 @@ def test_relevance_cost_smoke() -> None:
     assert {r[0].split(" (")[0] for r in body} == {"singe group", "taylor", "singe channel"}
     for row in body:
         assert float(row[3]) > 0 and row[5].endswith("x")
+
+
+def test_quality_smoke(tmp_path: Path) -> None:
+    """The quality benchmark runs the engine per criterion and writes its table, raw runs and plot."""
+    out = tmp_path / "quality"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work",
+                           str(tmp_path / "work"), "--out", str(out), "--plot", str(tmp_path / "q.png")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header[:4] == ["criterion", "MACs removed", "one-shot top-1", "entwined top-1"]
+    assert [r[0] for r in body] == ["singe group signed", "taylor", "magnitude L2"]
+    for row in body:
+        assert 0.45 <= float(row[1].rstrip("%")) / 100 <= 0.55  # the 50% budget, within a unit
+        for cell in row[2:4]:
+            mean, spread = (float(v) for v in cell.split(" ± "))
+            assert 0.0 <= mean <= 1.0 and spread == 0.0  # one seed: no spread
+    stored = json.loads(out.with_suffix(".json").read_text())
+    assert len(stored["runs"]) == 3 and set(stored["baselines"]) == {"0"}
+    assert out.with_suffix(".md").read_text().count("\n|") == len(body) + 2  # header, rule, rows
+    assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
+    # a second invocation resumes: every run is stored, so nothing is recomputed
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work",
+                            str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert "[1/" not in again.stdout and _table_rows(again.stdout) == _table_rows(proc.stdout)
+
+
+def test_gpu_script_smoke() -> None:
+    """gpu.sh's CPU smoke mode: relevance, training and a 2-rank DDP (Gloo) measurement in one table."""
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--smoke"], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("device=CPU")
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header == ["measurement", "precision", "throughput", "unit", "vs fp32 training"]
+    names = [r[0] for r in body]
+    assert names[:3] == ["relevance (SInGE group path)", "relevance gated passes", "training step"]
+    assert names[-1] == "DDP fine-tune, 2 rank(s)"
+    for row in body:
+        assert float(row[2].replace(",", "")) > 0 and row[4].endswith("x")
