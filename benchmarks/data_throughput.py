@@ -1,9 +1,16 @@
 """Data-loading throughput: webdataset shards (singe_dist.data.shards) vs torchvision ImageFolder.
 
-Both readers decode the same JPEGs with PIL and apply the same ImageNet train transforms
-(RandomResizedCrop + flip + ToTensor + Normalize) in the same number of DataLoader workers, for the
-same number of images: ImageFolder shuffles file by file, epoch after epoch (persistent workers, so
-no re-fork per epoch); the shard reader runs its real training stream (resampled shards, shuffle
+Three readers of the same JPEGs, each with the ImageNet train transforms (RandomResizedCrop 224 +
+flip + normalise) in the same number of DataLoader workers, for the same number of images:
+
+- the shard reader, as the jobs use it: torchvision's decoder into a uint8 tensor, then the tensor
+  transforms of ``singe_dist.data.transforms``;
+- torchvision ``ImageFolder`` with its standard recipe (the baseline): PIL decoding and the PIL
+  transforms RandomResizedCrop + RandomHorizontalFlip + ToTensor + Normalize;
+- ``ImageFolder`` with the shard reader's decoder and transforms: the same work on individual files,
+  which separates what the file format gives from what the decoding pipeline gives.
+
+ImageFolder shuffles file by file, epoch after epoch (persistent workers, so no re-fork per epoch); the shard reader runs its real training stream (resampled shards, shuffle
 buffer of raw samples). Throughput counts the images after the first batch, so worker start-up and
 the shuffle buffer's initial fill are reported apart ("first batch"); runs alternate between the
 readers and the median is reported. CPU time per image (main process and workers) is the number to
@@ -34,13 +41,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from singe_dist.data.convert import imagefolder_to_shards
-from singe_dist.data.shards import shard_loader
-from singe_dist.data.transforms import train_transform
+from singe_dist.data.shards import decode_rgb, shard_loader
+from singe_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 
-WEBDATASET, IMAGEFOLDER = "webdataset shards", "torchvision ImageFolder"
+WEBDATASET = "webdataset shards (singe-dist reader)"
+IMAGEFOLDER = "torchvision ImageFolder (PIL recipe)"
+IMAGEFOLDER_SAME = "ImageFolder, singe-dist decode + transforms"
+READERS = (WEBDATASET, IMAGEFOLDER, IMAGEFOLDER_SAME)
 SAMPLE_PERIOD_S = 0.1
 DECILES = 10
 
@@ -177,22 +188,35 @@ def timed_run(reader: str, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return run
 
 
-def imagefolder_batches(root: Path, transform: Callable, batch_size: int, workers: int) -> Iterable:
+def pil_recipe(crop: int) -> Callable:
+    """torchvision's standard ImageNet training transform on PIL images (the classification reference's)."""
+    return T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def read_decoded(path: str) -> torch.Tensor:
+    """ImageFolder loader with the shard reader's decoder."""
+    return decode_rgb(Path(path).read_bytes())
+
+
+def imagefolder_batches(root: Path, transform: Callable, batch_size: int, workers: int,
+                        loader: Callable | None = None) -> Iterable:
+    dataset = ImageFolder(str(root), transform=transform, **({"loader": loader} if loader else {}))
     loader = DataLoader(
-        ImageFolder(str(root), transform=transform), batch_size=batch_size, shuffle=True, num_workers=workers,
-        drop_last=True, persistent_workers=workers > 0,
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+        persistent_workers=workers > 0,
     )
     return itertools.chain.from_iterable(itertools.repeat(loader))
 
 
 def throughput_table(runs: list[Run], workers: int, images: int) -> str:
     lines = [
-        "| reader | workers | images / run | runs | images/s | min | max | vs ImageFolder | CPU ms / image "
+        "| reader | workers | images / run | runs | images/s | min | max | vs ImageFolder (PIL) | CPU ms / image "
         "| first batch (s) | other processes (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     baseline = statistics.median(r.images_per_s for r in runs if r.reader == IMAGEFOLDER)
-    for reader in (WEBDATASET, IMAGEFOLDER):
+    for reader in READERS:
         speeds = [r.images_per_s for r in runs if r.reader == reader]
         first = statistics.median(r.first_batch_s for r in runs if r.reader == reader)
         cpu = statistics.median(r.cpu_ms_per_image for r in runs if r.reader == reader)
@@ -219,7 +243,7 @@ def runs_table(runs: list[Run]) -> str:
 def memory_table(runs: list[Run]) -> str:
     tenths = [f"{10 * (i + 1)}%" for i in range(DECILES)]
     lines = ["| reader | first batch | " + " | ".join(tenths) + " | peak |", "|---" + "|---:" * (DECILES + 2) + "|"]
-    for reader in (WEBDATASET, IMAGEFOLDER):
+    for reader in READERS:
         last = [r for r in runs if r.reader == reader][-1]
         at = [last.memory_at((i + 1) / DECILES) for i in range(DECILES)]
         peak = max(mib for _, mib in last.memory)
@@ -271,9 +295,11 @@ def main(argv: list[str] | None = None) -> None:
                 transform=transform, shuffle_buffer=args.shuffle_buffer,
             )
             runs.append(timed_run(WEBDATASET, loader, per_run))
-            folder_batches = imagefolder_batches(folder, transform, args.batch_size, args.workers)
-            runs.append(timed_run(IMAGEFOLDER, folder_batches, per_run))
-            del folder_batches  # its persistent workers must not run during the next measurement
+            for reader, tf, read in ((IMAGEFOLDER, pil_recipe(args.crop), None),
+                                     (IMAGEFOLDER_SAME, transform, read_decoded)):
+                folder_batches = imagefolder_batches(folder, tf, args.batch_size, args.workers, read)
+                runs.append(timed_run(reader, folder_batches, per_run))
+                del folder_batches  # its persistent workers must not run during the next measurement
     print(throughput_table(runs, args.workers, per_run))
     print("\nEach run (the readers alternate):\n")
     print(runs_table(runs))

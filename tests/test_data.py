@@ -25,7 +25,6 @@ import torch.distributed as dist
 import webdataset as wds
 from PIL import Image
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import ToTensor
 
 from singe_dist.data import cli, shards
 from singe_dist.data.convert import imagefolder_to_shards, write_shards
@@ -65,6 +64,16 @@ def numbered_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(root / f"part-{{00..{len(SHARD_SIZES) - 1:02d}}}.tar")
 
 
+def to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """The reader hands transforms uint8 (3, H, W) tensors; this is ToTensor's scaling, without PIL."""
+    return image.float() / 255
+
+
+def to_hwc_array(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) uint8 tensor -> (H, W, 3) array, the layout of ``np.asarray(pil_image)``."""
+    return image.permute(1, 2, 0).numpy()
+
+
 # --- 1. ImageFolder -> shards -> reader ------------------------------------------------------------
 
 
@@ -88,7 +97,7 @@ def test_imagefolder_round_trip(tmp_path: Path) -> None:
     assert not list((tmp_path / "shards").glob(".*"))  # no temporary files left
     folder = ImageFolder(str(tmp_path / "images"))  # the convention we follow: same classes, same decoding
     expected = sorted((label, np.asarray(image).shape, np.asarray(image).tobytes()) for image, label in folder)
-    dataset = ShardDataset(written.pattern, num_classes=3, mode="eval", transform=np.asarray)
+    dataset = ShardDataset(written.pattern, num_classes=3, mode="eval", transform=to_hwc_array)
     read = sorted((label, pixels.shape, pixels.tobytes()) for pixels, label in dataset)
     assert read == expected
     assert dataset.skips.samples == dataset.skips.shards == 0
@@ -156,7 +165,7 @@ def test_eval_reads_every_sample_exactly_once(numbered_shards: str, world_size: 
     for rank in range(world_size):
         loader = shard_loader(
             numbered_shards, mode="eval", num_classes=NUM_SAMPLES, batch_size=3, num_workers=num_workers,
-            rank=rank, world_size=world_size, transform=ToTensor(),
+            rank=rank, world_size=world_size, transform=to_unit_float,
         )
         for images, batch_labels in loader:
             assert images.dtype == torch.float32 and images.shape[1:] == (3, 6, 6)
@@ -179,7 +188,7 @@ def test_rank_defaults_to_torch_distributed(tmp_path: Path) -> None:
 
 
 def _train_labels(shards: str, batches: int, **options) -> list[int]:
-    loader = shard_loader(shards, mode="train", num_classes=NUM_SAMPLES, batch_size=4, transform=ToTensor(),
+    loader = shard_loader(shards, mode="train", num_classes=NUM_SAMPLES, batch_size=4, transform=to_unit_float,
                           shuffle_buffer=8, **options)
     drawn = list(itertools.islice(loader, batches))
     assert len(drawn) == batches and all(len(labels) == 4 for _, labels in drawn)
@@ -225,7 +234,7 @@ def test_damaged_input_is_skipped_and_counted(
     with caplog.at_level(logging.WARNING, logger="singe_dist.data.shards"):
         for rank in range(world_size):
             loader = shard_loader(pattern, mode="eval", num_classes=15, batch_size=2, num_workers=num_workers,
-                                  rank=rank, world_size=world_size, transform=ToTensor())
+                                  rank=rank, world_size=world_size, transform=to_unit_float)
             labels += [label for _, batch in loader for label in batch.tolist()]
             skipped_samples += loader.skips.samples
             skipped_shards += loader.skips.shards
@@ -272,7 +281,7 @@ def test_training_stops_when_shards_become_unreadable(tmp_path: Path, monkeypatc
     """Resampling would otherwise draw broken shards forever (say, storage lost mid-run)."""
     monkeypatch.setattr(shards, "MAX_EMPTY_DRAWS", 20)
     shard = _write_tar(tmp_path / "only.tar", [_sample(f"k{i}", i) for i in range(3)])
-    loader = shard_loader(shard, mode="train", num_classes=3, batch_size=2, num_workers=0, transform=ToTensor())
+    loader = shard_loader(shard, mode="train", num_classes=3, batch_size=2, num_workers=0, transform=to_unit_float)
     Path(shard).write_bytes(b"gone")
     with pytest.raises(SingeError) as error:
         next(iter(loader))
@@ -295,7 +304,7 @@ def test_bad_labels_are_one_line_errors(tmp_path: Path, bad_sample: dict, fragme
     samples.insert(0 if position == "first" else 3, bad_sample)
     shard = _write_tar(tmp_path / "bad.tar", samples)
     with pytest.raises(SingeError) as error:
-        for _ in shard_loader(shard, mode="eval", num_classes=5, batch_size=2, num_workers=2, transform=ToTensor()):
+        for _ in shard_loader(shard, mode="eval", num_classes=5, batch_size=2, num_workers=2, transform=to_unit_float):
             pass
     _assert_one_line(error, *fragments, shard)
     assert not multiprocessing.active_children()  # the workers stopped with the error
@@ -314,7 +323,8 @@ def test_benchmark_smoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     assert re.fullmatch(r"\|( *:?-+:? *\|)+", lines[1])
     assert len(lines) >= 4 and all(line.count("|") == width for line in lines)
     readers = {line.split("|")[1].strip() for line in lines[2:]}
-    assert readers == {"webdataset shards", "torchvision ImageFolder"}
+    assert readers == {"webdataset shards (singe-dist reader)", "torchvision ImageFolder (PIL recipe)",
+                       "ImageFolder, singe-dist decode + transforms"}
     column = [cell.strip() for cell in lines[0].split("|")].index("images/s")
     speeds = [float(line.split("|")[column]) for line in lines[2:]]
     assert all(speed > 0 for speed in speeds)
