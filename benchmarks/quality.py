@@ -148,6 +148,60 @@ def run(args: argparse.Namespace) -> dict:
     return {**done, "seconds": time.perf_counter() - start}
 
 
+def bn_study(args: argparse.Namespace) -> dict:
+    """One-shot pruning with and without re-estimated BatchNorm statistics, on the stored baselines.
+
+    The same calibration batches as the engine's one-shot step (rank 0 of 1, step 0, the seed's
+    stream), removal through ``prune_one_shot``; the "one-shot" column must therefore repeat the
+    engine's number, which the table shows side by side as a check.
+    """
+    from singe_dist.checkpoint import load_model
+    from singe_dist.data.streams import DataStreams
+    from singe_dist.engine.train import evaluate, recalibrate_batchnorm
+    from singe_dist.plan.decide import Budget, prune_one_shot
+
+    torch.set_num_threads(args.threads)
+    data = json.loads((args.work / f"data-{args.size}px" / "patterns.json").read_text())
+    engine_runs = load_runs([args.out.with_suffix(".json")])["runs"] if args.out else {}
+    rows = []
+    for seed in args.seeds:
+        checkpoint = args.work / f"baseline-{args.size}px-seed{seed}-{args.train_iters}it.pt"
+        for label in args.criteria:
+            config = _config(data, args.size, seed, args.work / "unused",
+                             [f"criterion.steps={args.path_points}", f"data.batch_size={args.batch_size}",
+                              *CRITERIA[label].overrides])
+            streams = DataStreams(config.data, 10, seed=seed)
+            calibration = streams.calibration(0, args.calibration_batches)
+            for fraction in args.fractions:
+                model, arch, classes, _ = load_model(checkpoint, "digits_resnet", 10)
+                prune_one_shot(model, arch, classes, (3, args.size, args.size), calibration, config.criterion,
+                               Budget("macs", fraction))
+                plain = evaluate(model, streams.val()).top1
+                recalibrate_batchnorm(model, calibration)
+                engine = engine_runs.get(_key(seed, label, fraction), {}).get("one_shot_top1", float("nan"))
+                rows.append({"seed": seed, "criterion": label, "target": fraction, "one_shot_top1": plain,
+                             "engine_one_shot_top1": engine, "bn_top1": evaluate(model, streams.val()).top1})
+                print(f"seed {seed} {label} {fraction:.0%}: one-shot {plain:.4f} (engine {engine:.4f}), "
+                      f"BN re-estimated {rows[-1]['bn_top1']:.4f}", flush=True)
+    return {"runs": rows}
+
+
+def bn_table(result: dict, criteria: list[str], fractions: list[float]) -> str:
+    from singe_dist.report import format_table
+
+    body = []
+    for label in criteria:
+        for fraction in fractions:
+            sel = [r for r in result["runs"] if r["criterion"] == label and r["target"] == fraction]
+            if sel:
+                one, bn = (_mean_std([r[k] for r in sel]) for k in ("one_shot_top1", "bn_top1"))
+                same = all(abs(r["one_shot_top1"] - r["engine_one_shot_top1"]) < 1e-9 for r in sel)
+                body.append([label, f"{fraction:.0%}", f"{one[0]:.4f} ± {one[1]:.4f}", f"{bn[0]:.4f} ± {bn[1]:.4f}",
+                             "yes" if same else "no", len(sel)])
+    return format_table(["criterion", "MACs removed (target)", "one-shot top-1", "one-shot + BN re-estimated",
+                         "equals engine run", "seeds"], body)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -224,6 +278,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write a PNG of top-1 versus MACs removed")
     parser.add_argument("--work", type=Path, help="keep shards and baselines here (default: a temporary folder)")
     parser.add_argument("--merge", type=Path, nargs="+", help="only print/plot the runs stored in these JSON files")
+    parser.add_argument("--bn-study", action="store_true",
+                        help="one-shot with and without re-estimated BatchNorm statistics, on --work's baselines")
     parser.add_argument("--smoke", action="store_true", help="tiny settings for the test suite")
     args = parser.parse_args()
     if args.smoke:
@@ -232,6 +288,18 @@ def main() -> None:
         args.path_points, args.calibration_batches, args.batch_size = 2, 1, 32
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
+    if args.bn_study:
+        if args.work is None:
+            parser.error("--bn-study needs --work (the folder with the baselines of an earlier run)")
+        study = bn_study(args)
+        text = bn_table(study, args.criteria, args.fractions)
+        print(text)
+        if args.out:
+            from singe_dist.atomic import atomic_write_text
+
+            atomic_write_text(args.out.with_name(args.out.name + "-bn.md"), text + "\n")
+            atomic_write_text(args.out.with_name(args.out.name + "-bn.json"), json.dumps(study, indent=1))
+        return
     if args.merge:
         result = {**load_runs(args.merge), "seconds": 0.0}
         args.seeds = sorted(result["baselines"])

@@ -172,3 +172,29 @@ def test_bad_baseline_checkpoint_is_one_clear_line(digits_shards, tmp_path) -> N
 def test_shipped_job_configs_are_valid(path: Path) -> None:
     config = load_config(path)
     assert 0 < config.prune.remove_fraction < 1 and config.distributed.num_workers >= 1
+
+
+def test_recalibrate_batchnorm_estimates_statistics_of_the_pruned_network(trained_digits_model, digits_data) -> None:
+    """After a removal, re-estimated BN statistics are the batch statistics of the data; nothing else moves."""
+    from singe_dist.engine.train import evaluate, recalibrate_batchnorm, tensor_batches
+    from singe_dist.plan.decide import Budget, prune_one_shot
+    from singe_dist.relevance.config import CriterionConfig
+
+    model = trained_digits_model
+    x, y = digits_data["train"]
+    prune_one_shot(model, "digits_resnet", 10, (3, DIGITS_SIZE, DIGITS_SIZE), None,
+                   CriterionConfig(name="magnitude"), Budget("macs", 0.5))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    before = evaluate(model, tensor_batches(*digits_data["val"], 128)).top1
+    first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    momentum = first_bn.momentum
+    seen = []
+    hook = first_bn.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
+    recalibrate_batchnorm(model, tensor_batches(x[:512], y[:512], 128))
+    hook.remove()
+    inputs = torch.cat(seen)  # what the first BN saw, over all batches
+    assert torch.allclose(first_bn.running_mean, inputs.mean((0, 2, 3)), atol=1e-5)
+    assert first_bn.momentum == momentum and not model.training  # settings and mode restored
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # only statistics changed
+    after = evaluate(model, tensor_batches(*digits_data["val"], 128)).top1
+    assert after > before  # at 50% one-shot the stale statistics cost accuracy that re-estimation recovers

@@ -60,6 +60,33 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     return result_from_sums(eval_sums(model, batches))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches`` (a cumulative average).
+
+    Removing channels changes the statistics of the layers after them, and running statistics from
+    before the removal can wreck the pruned network although its weights are fine; a few hundred
+    images of forward passes repair that without any training (see docs/BENCHMARKS.md, quality).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, m.training) for m in norms]
+    was_training = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+        m.train()
+    device = next(model.parameters()).device
+    try:
+        for x, _ in batches:
+            model(x.to(device))
+    finally:
+        for m, momentum, training in saved:
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+
+
 def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
     """SGD with momentum; no weight decay on biases and norm layers (the torchvision recipe)."""
     decay, no_decay = [], []
