@@ -22,7 +22,7 @@ def _add_criterion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--path", default="group", choices=["group", "channel"], help="SInGE removal path")
     g.add_argument("--steps", type=int, default=8, help="SInGE quadrature points S")
     g.add_argument("--rule", default="midpoint", choices=["midpoint", "trapezoid"])
-    g.add_argument("--reduce", default="signed", choices=["signed", "abs"])
+    g.add_argument("--reduce", default="abs", choices=["signed", "abs"])
     g.add_argument("--loss", default="ce", choices=["ce", "kl"], help="cross-entropy or KL to the unpruned model")
     g.add_argument("--norm", type=int, default=2, choices=[1, 2], help="magnitude: L1 or L2")
     g.add_argument("--seed", type=int, default=0, help="random criterion seed")
@@ -97,14 +97,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         from singe_dist.engine.loop import PruneJob
 
         tracker = make_tracker(config)  # an unreachable tracking server fails here, before any work
-        PruneJob(config, tracker=tracker, resume=args.resume).run()
+        report = PruneJob(config, tracker=tracker, resume=args.resume).run()
     else:
         from singe_dist.distributed.ray_launcher import run_on_ray
         from singe_dist.engine.loop import summary_table
 
-        print(summary_table(run_on_ray(config, resume=args.resume)))
+        report = run_on_ray(config, resume=args.resume)
+        print(summary_table(report))
     if config.tracking.enabled:
-        print(f"MLflow: {ui_hint(config)}")
+        lost = " (incomplete: tracking was lost mid-run, see tracking_lost in report.json)" \
+            if report.get("tracking_lost") else ""
+        print(f"MLflow: {ui_hint(config)}{lost}")
     return 0
 
 
@@ -128,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = _job_config(args)
     model, arch, num_classes, plan = load_model(args.checkpoint)
     size = config.data.image_size
-    result = evaluate(model, DataStreams(config.data, num_classes, seed=config.run.seed).val()).as_dict()
+    result = evaluate(model, DataStreams(config.data, num_classes, seed=config.run.seed, training=False).val()).as_dict()
     fp = measure(model, (3, size, size))
     out = {"checkpoint": args.checkpoint, "arch": arch, "plan_steps": len(plan.steps) if plan else 0,
            **result, "macs": fp.macs, "params": fp.params}
