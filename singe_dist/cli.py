@@ -22,7 +22,7 @@ def _add_criterion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--path", default="group", choices=["group", "channel"], help="SInGE removal path")
     g.add_argument("--steps", type=int, default=8, help="SInGE quadrature points S")
     g.add_argument("--rule", default="midpoint", choices=["midpoint", "trapezoid"])
-    g.add_argument("--reduce", default="abs", choices=["signed", "abs"])
+    g.add_argument("--reduce", default="signed", choices=["signed", "abs"])
     g.add_argument("--loss", default="ce", choices=["ce", "kl"], help="cross-entropy or KL to the unpruned model")
     g.add_argument("--norm", type=int, default=2, choices=[1, 2], help="magnitude: L1 or L2")
     g.add_argument("--seed", type=int, default=0, help="random criterion seed")

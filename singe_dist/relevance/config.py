@@ -18,7 +18,7 @@ class CriterionConfig:
     path: Literal["group", "channel"] = "group"
     steps: int = 8
     rule: Literal["midpoint", "trapezoid"] = "midpoint"
-    reduce: Literal["signed", "abs"] = "abs"  # chosen on evidence: docs/BENCHMARKS.md, criterion quality
+    reduce: Literal["signed", "abs"] = "signed"  # kept on evidence: docs/BENCHMARKS.md, criterion quality
     loss: Literal["ce", "kl"] = "ce"
     norm: Literal[1, 2] = 2  # magnitude: L1 or L2 of the group's weights
     seed: int = 0  # random
