@@ -10,8 +10,9 @@ in place of the previous one.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -24,9 +25,44 @@ from singe_dist.plan.plan import Plan, apply_plan
 CHECKPOINT_FORMAT = "singe-dist/checkpoint/v1"
 
 
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError of a failed write.
+
+    ``torch.save`` turns an exception of the file's ``write`` (a full disk) into a RuntimeError about
+    zip positions; the recorded error lets :func:`atomic_torch_save` report the real cause.
+    """
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` through :func:`singe_dist.atomic.atomic_write`: never a truncated checkpoint."""
-    atomic_write(path, lambda fh: torch.save(obj, fh))
+    """``torch.save`` through :func:`singe_dist.atomic.atomic_write`: never a truncated checkpoint.
+
+    A full disk is a one-line SingeError naming the file; the previous checkpoint stays in place.
+    """
+
+    def write(fh: IO[bytes]) -> None:
+        recorder = _WriteRecorder(fh)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    atomic_write(path, write)
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -52,6 +88,25 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     model.load_state_dict(state_dict)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch's text is a page long)."""
+    text = _ANSI.sub("", str(exc)).strip()
+    found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([^\s]+?)(?:\s|$)", text)
+    if found:  # a pickle that would build an object (or call a function) when loaded
+        return (f"it refers to {found.group(1)}, which is not a tensor or a plain container; weights_only=True "
+                "refused it before anything in the file was run")
+    if "Weights only load failed" in text:
+        detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        return f"weights_only=True refused it: {detail.group(1).strip() if detail else 'unsupported content'}"
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, RuntimeError) and first:
+        return first
+    return f"the file is damaged or not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file safely (``weights_only=True``) and check its layout.
 
@@ -64,8 +119,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SingeError(f"checkpoint {path} cannot be loaded safely: {reason}") from None
+        raise SingeError(f"checkpoint {path} cannot be loaded safely: {_load_failure(exc)}") from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

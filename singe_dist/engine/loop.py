@@ -3,13 +3,17 @@
 Each of the T steps: relevance on fresh calibration batches (sums and counts all-reduced across ranks)
 -> every rank takes the same global decision from the same scores (plan hashes compared) -> channels
 removed -> optimiser (and DDP wrapper) rebuilt -> F fine-tune iterations -> exact evaluation. After
-the last step, E epochs of fine-tuning. A checkpoint after every step (and every N iterations if asked)
-holds the plan so far, weights, optimiser, position and RNG state, so ``resume`` continues exactly.
+the last step, E epochs of fine-tuning. A checkpoint after the baseline evaluation, after every step
+(and every N iterations if asked) holds the plan so far, weights, optimiser, position and RNG state, so
+``resume`` continues exactly; a resumed checkpoint is validated first (:func:`read_job_checkpoint`).
+Every evaluation must count the baseline's number of samples: a validation shard that disappears
+mid-run stops the job instead of shortening the evaluation.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import random
@@ -25,7 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from singe_dist.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_model, read_checkpoint
+from singe_dist.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+from singe_dist.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    load_model,
+    load_state_dict_strict,
+    read_checkpoint,
+)
 from singe_dist.config import JobConfig, flatten
 from singe_dist.data.streams import DataStreams
 from singe_dist.engine.collective import Collective, LocalCollective, assert_same_plan
@@ -36,18 +47,33 @@ from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.plan.cost import measure
 from singe_dist.plan.decide import Budget, decide_and_remove
-from singe_dist.atomic import atomic_write_text
 from singe_dist.plan.plan import Plan, apply_plan
 from singe_dist.plan.select import Constraints
 from singe_dist.relevance.criteria import accumulate, compute_relevance
 from singe_dist.relevance.groups import example_input, find_groups
 from singe_dist.tracking.base import NullTracker, Tracker
 
-# fault injection for tests: "k" or "k:rank" fails once, right after step k's checkpoint, by raising
-# (FAIL_MODE_ENV=raise, the default: a crash inside Python) or by killing the process (=exit)
+# Fault injection, for tests (docs/RELIABILITY.md, fault matrix). SINGE_DIST_FAIL_AT="<phase>:<k>[:<rank>]"
+# makes rank <rank> (every rank when omitted) fail once, in pruning step k (1-based, as in the logs):
+#   relevance:k   during step k's relevance: the local sums are computed, not yet all-reduced
+#   finetune:k    in the middle of step k's fine-tuning, after iteration F // 2 + 1 of its F
+#                 (k = prune.steps + 1: the final fine-tune)
+#   checkpoint:k  while rank 0 writes the checkpoint that closes step k (k = 0: the one after the
+#                 baseline evaluation; k = prune.steps + 1: the last one): half of the temporary file
+#                 is written and flushed, it is never renamed over the previous checkpoint
+#   step:k        right after the checkpoint that closes step k
+# SINGE_DIST_FAIL_MODE=raise (default) raises a RuntimeError (a crash inside Python, the job's own
+# error handling runs); =exit ends the process at once with os._exit(17), as a kill would. A marker
+# file .fault-injected-<phase>-<k> in the run directory makes a fault fire once: Ray restarts a
+# worker group with the same environment. The older SINGE_DIST_FAIL_AT_STEP="k[:rank]" is "step:k[:rank]".
+FAIL_AT_ENV = "SINGE_DIST_FAIL_AT"
 FAIL_ENV = "SINGE_DIST_FAIL_AT_STEP"
 FAIL_MODE_ENV = "SINGE_DIST_FAIL_MODE"
+FAIL_PHASES = ("relevance", "finetune", "checkpoint", "step")
+FAIL_EXIT_CODE = 17
 CHECKPOINT_NAME = "checkpoint.pt"
+# files of a run directory written with atomic_write: a resume removes the temporaries a kill left
+RUN_FILES = (CHECKPOINT_NAME, "report.json", "plan.json", "pruned.pt")
 
 
 @dataclass
@@ -57,6 +83,35 @@ class Position:
     step: int = 0
     pruned: bool = False  # the removal of ``step`` is done; fine-tuning is under way
     iteration: int = 0  # fine-tune iterations done in this phase
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault to inject (see ``FAIL_AT_ENV``): ``phase`` of step ``step``, on ``rank`` (None: all ranks)."""
+
+    phase: str
+    step: int
+    rank: int | None = None
+
+
+def fault_from_env(environ: Any = None) -> Fault | None:
+    """The fault that ``SINGE_DIST_FAIL_AT`` (or the older ``SINGE_DIST_FAIL_AT_STEP``) asks for, if any."""
+    environ = os.environ if environ is None else environ
+    spec = environ.get(FAIL_AT_ENV)
+    if spec:
+        name, fields = FAIL_AT_ENV, spec.split(":")
+    elif environ.get(FAIL_ENV):
+        spec = environ[FAIL_ENV]
+        name, fields = FAIL_ENV, ["step", *spec.split(":")]
+    else:
+        return None
+    try:
+        if fields[0] not in FAIL_PHASES or not 2 <= len(fields) <= 3:
+            raise ValueError
+        return Fault(fields[0], int(fields[1]), int(fields[2]) if len(fields) == 3 else None)
+    except ValueError:
+        raise SingeError(f"{name}={spec!r}: expected <phase>:<step>[:<rank>] with phase one of "
+                         f"{', '.join(FAIL_PHASES)}") from None
 
 
 def pick_device(kind: str, rank: int) -> torch.device:
@@ -91,6 +146,35 @@ def _seed_phase(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(s)
     np.random.seed(s)
     random.seed(s)
+
+
+def read_job_checkpoint(source: Path, config: JobConfig) -> tuple[dict[str, Any], Plan, nn.Module, Position]:
+    """Read a job checkpoint to resume and check that it is whole and fits ``config``: one line if not.
+
+    The plan is replayed on the configured architecture and the weights must fit the pruned model
+    exactly (names and shapes), so a checkpoint whose plan and weights disagree is refused.
+    """
+    ckpt = read_checkpoint(source)  # weights_only=True: a pickle that would run code is refused
+    missing = [key for key in ("plan", "state_dict", "position", "report", "rng") if ckpt.get(key) is None]
+    if missing:
+        raise SingeError(f"checkpoint {source} cannot be resumed: it is not a pruning-job checkpoint "
+                         f"(no {missing[0]!r}); pass it as model.checkpoint to start a new run instead")
+    plan = Plan.from_dict(ckpt["plan"], source=f"plan in checkpoint {source}")
+    model_cfg = config.model
+    if (plan.arch, plan.num_classes) != (model_cfg.arch, model_cfg.num_classes):
+        raise SingeError(f"checkpoint {source} is for model {plan.arch!r} with {plan.num_classes} classes, the config "
+                         f"for {model_cfg.arch!r} with {model_cfg.num_classes}: resume with the run's own config")
+    try:
+        position = Position(**ckpt["position"])
+    except TypeError:
+        raise SingeError(f"checkpoint {source} cannot be resumed: its position {ckpt['position']!r} is not "
+                         "{step, pruned, iteration}") from None
+    if not 0 <= position.step <= config.prune.steps:
+        raise SingeError(f"checkpoint {source} is at step {position.step}, beyond prune.steps={config.prune.steps}: "
+                         "resume with the run's own config")
+    model = apply_plan(build_model(plan.arch, plan.num_classes), plan)
+    load_state_dict_strict(model, ckpt["state_dict"], str(source))
+    return ckpt, plan, model, position
 
 
 class Progress:
@@ -151,6 +235,7 @@ class PruneJob:
         self.constraints = Constraints(config.prune.min_keep_fraction, config.prune.min_keep, config.prune.round_to)
         if config.criterion.split == "channels" and config.criterion.path != "channel":
             raise SingeError("config criterion.split=channels needs criterion.path=channel")
+        self.fault = fault_from_env()
 
     def log(self, message: str) -> None:
         if self.rank0:
@@ -160,6 +245,12 @@ class PruneJob:
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         """Exact distributed evaluation: every rank's share, correct and total counts all-reduced."""
         totals = self.col.all_reduce_sum(eval_sums(model, self.streams.val()))
+        expected = (self.report.get("baseline") or {}).get("samples")
+        if expected is not None and int(totals[3]) != expected:  # every rank sees the same totals: all stop
+            gone = self.streams.vanished("val")
+            why = f"{gone[0]} has disappeared" if gone else "a validation shard became unreadable"
+            raise SingeError(f"validation data changed during the run: {int(totals[3])} samples evaluated, "
+                             f"{expected} at the start ({why}); restore it and continue with --resume")
         return result_from_sums(totals).as_dict()
 
     def _skipped(self) -> int:
@@ -168,15 +259,18 @@ class PruneJob:
     def _relevance(self, model: nn.Module, step: int) -> tuple[list, dict[str, torch.Tensor]]:
         groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
         if not self.criterion.needs_data:
-            return groups, compute_relevance(model, groups, None, self.criterion)
+            scores = compute_relevance(model, groups, None, self.criterion)
+            self._maybe_fail("relevance", step + 1)
+            return groups, scores
         split_channels = self.config.criterion.split == "channels"
         if split_channels:  # every rank reads the same calibration batches and takes a share of the channels
-            streams = DataStreams(self.config.data, self.num_classes, 0, 1, self.config.run.seed)
+            streams = self._shared_streams
             share = (self.col.rank, self.col.world_size)
         else:
             streams, share = self.streams, (0, 1)
         batches = streams.calibration(step, self.config.criterion.calibration_batches)
         sums = accumulate(model, groups, batches, self.criterion, channel_share=share)
+        self._maybe_fail("relevance", step + 1)
         sums.load_flat(self.col.all_reduce_sum(sums.flatten()))
         if split_channels:  # the same samples were counted by every rank
             sums.samples //= self.col.world_size
@@ -184,7 +278,9 @@ class PruneJob:
         reduce = "abs" if self.criterion.name == "taylor" else self.criterion.reduce
         return groups, sums.finalize(reduce)
 
-    def _save(self, model: nn.Module, plan: Plan, position: Position, optimizer: torch.optim.Optimizer | None) -> None:
+    def _save(self, model: nn.Module, plan: Plan, position: Position, optimizer: torch.optim.Optimizer | None,
+              closes_step: int | None = None) -> None:
+        """Checkpoint (rank 0 writes, atomically). ``closes_step``: the step this checkpoint ends (faults)."""
         self.report["wall_time_s"]["total"] = self._elapsed()
         if self.rank0:
             payload = {
@@ -198,6 +294,8 @@ class PruneJob:
                 "rng": _rng_state(),
                 "report": json.dumps(self.report),
             }
+            if closes_step is not None and self._fault_due("checkpoint", closes_step):
+                self._torn_write(payload, self.run_dir / CHECKPOINT_NAME, closes_step)
             atomic_torch_save(payload, self.run_dir / CHECKPOINT_NAME)
         self.col.barrier()
         if self.checkpoint_hook is not None:
@@ -207,19 +305,45 @@ class PruneJob:
         started, before = self._clock
         return before + time.perf_counter() - started
 
-    def _maybe_fail(self, step: int) -> None:
-        """Fault injection for tests: die (once) right after step ``k``'s checkpoint."""
-        spec = os.environ.get(FAIL_ENV)
-        if not spec:
-            return
-        k, _, rank = spec.partition(":")
-        marker = self.run_dir / f".fault-injected-{k}"
-        if int(k) == step and (not rank or int(rank) == self.col.rank) and not marker.exists():
-            marker.touch()
-            self._log(f"fault injection: rank {self.col.rank} fails after step {step}")
-            if os.environ.get(FAIL_MODE_ENV, "raise") == "exit":
-                os._exit(17)
-            raise RuntimeError(f"fault injection: rank {self.col.rank} failed after step {step}")
+    # ----------------------------------------------------------------------------------- fault injection
+    def _fault_marker(self, phase: str, step: int) -> Path:
+        return self.run_dir / f".fault-injected-{phase}-{step}"
+
+    def _fault_due(self, phase: str, step: int) -> bool:
+        """Is the injected fault (``SINGE_DIST_FAIL_AT``) this one, on this rank, and not fired yet?"""
+        f = self.fault
+        return (f is not None and f.phase == phase and f.step == step and f.rank in (None, self.col.rank)
+                and not self._fault_marker(phase, step).exists())
+
+    def _maybe_fail(self, phase: str, step: int, detail: str = "") -> None:
+        if self._fault_due(phase, step):
+            self._fail(phase, step, detail)
+
+    def _fail(self, phase: str, step: int, detail: str = "") -> None:
+        self._fault_marker(phase, step).touch()
+        where = {"step": f"after step {step}", "relevance": f"during the relevance of step {step}",
+                 "finetune": f"during the fine-tuning of step {step}",
+                 "checkpoint": f"while writing the checkpoint of step {step}"}[phase] + detail
+        self._log(f"fault injection: rank {self.col.rank} fails {where}")
+        if os.environ.get(FAIL_MODE_ENV, "raise") == "exit":
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(FAIL_EXIT_CODE)
+        raise RuntimeError(f"fault injection: rank {self.col.rank} failed {where}")
+
+    def _torn_write(self, payload: dict[str, Any], path: Path, step: int) -> None:
+        """The checkpoint fault: the process fails with half the temporary file written, before the rename."""
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+
+        def half_then_fail(fh: Any) -> None:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+            self._fail("checkpoint", step, f" ({len(data) // 2} of {len(data)} bytes written)")
+
+        atomic_write(path, half_then_fail)
 
     def _finetune(self, model: nn.Module, phase: int, iters: int, position: Position, plan: Plan,
                   opt_state: dict | None) -> float:
@@ -248,6 +372,8 @@ class PruneJob:
             every = self.config.run.checkpoint_every
             if every and (i + 1) % every == 0 and i + 1 < iters:
                 self._save(model, plan, Position(position.step, True, i + 1), optimizer)
+            if i + 1 == iters // 2 + 1:
+                self._maybe_fail("finetune", phase + 1, f" (iteration {i + 1} of {iters})")
 
         try:
             train_steps(train_model, optimizer, stream, iters - start, cfg.lr, cfg.label_smoothing,
@@ -269,10 +395,15 @@ class PruneJob:
         cfg = self.config
         if self.rank0 and not self.run_dir_ready:
             prepare_run_dir(self.run_dir, self.resume is True, cfg.run.overwrite)
+        if self.rank0 and self.resume:  # no writer of this run is left: clear what a write killed half-way left
+            for stale in remove_stale_temporaries(self.run_dir, RUN_FILES):
+                self.log(f"removed {stale.name}, left by a write that was interrupted")
         self.col.barrier()
         self.device = pick_device(cfg.run.device, self.col.rank)
         _seed_phase(cfg.run.seed, -1, 0)
         self.streams = DataStreams(cfg.data, cfg.model.num_classes, self.col.rank, self.col.world_size, cfg.run.seed)
+        if cfg.criterion.split == "channels":  # the same calibration data on every rank (rank 0 of 1's stream)
+            self._shared_streams = DataStreams(cfg.data, cfg.model.num_classes, 0, 1, cfg.run.seed)
         self.num_classes = cfg.model.num_classes
         self._resume_rng = None
         self._global_iter = 0
@@ -287,11 +418,7 @@ class PruneJob:
 
         if self.resume:
             source = self.resume if isinstance(self.resume, Path) else self.run_dir / CHECKPOINT_NAME
-            ckpt = read_checkpoint(source)
-            plan = Plan.from_dict(ckpt["plan"], source="checkpoint plan")
-            model = apply_plan(build_model(plan.arch, plan.num_classes), plan)
-            model.load_state_dict(ckpt["state_dict"])
-            position = Position(**ckpt["position"])
+            ckpt, plan, model, position = read_job_checkpoint(source, cfg)
             self.report = json.loads(ckpt["report"])
             opt_state = ckpt["optimizer"] if position.pruned else None
             self._resume_rng = ckpt["rng"]["torch"]
@@ -321,6 +448,8 @@ class PruneJob:
             self.tracker.log_metrics({"top1": b["top1"], "top5": b["top5"], "loss": b["loss"], "macs": fp.macs,
                                       "params": fp.params, "fraction_removed": 1 - fp.get(self.budget.metric)
                                       / original.get(self.budget.metric)}, step=0)
+            self._save(model, plan, position, None, closes_step=0)  # --resume works from here on
+            self._maybe_fail("step", 0)
 
         fractions = cumulative_fractions(cfg.prune.remove_fraction, cfg.prune.steps, cfg.prune.schedule)
         for t in range(position.step, cfg.prune.steps):
@@ -370,8 +499,8 @@ class PruneJob:
             self.log(f"      after fine-tuning: top-1 {row['finetuned']['top1']:.4f}")
             self.tracker.log_metrics(_step_metrics(row), step=t + 1)
             position = Position(t + 1, False, 0)
-            self._save(model, plan, position, None)
-            self._maybe_fail(t + 1)
+            self._save(model, plan, position, None, closes_step=t + 1)
+            self._maybe_fail("step", t + 1)
 
         # final fine-tune
         final_iters = self._final_iters()
@@ -382,7 +511,7 @@ class PruneJob:
             fp = measure(model, self.input_size)
             self.report["final"] = {**self._evaluate(model), "macs": fp.macs, "params": fp.params,
                                     "fraction_removed": 1 - fp.get(cfg.prune.metric) / original.get(cfg.prune.metric)}
-            self._save(model, plan, Position(cfg.prune.steps, True, final_iters), None)
+            self._save(model, plan, Position(cfg.prune.steps, True, final_iters), None, closes_step=cfg.prune.steps + 1)
         walls["total"] = self._elapsed()
         if self.rank0:
             self._finish(model, plan, original_sizes)
@@ -420,9 +549,20 @@ class PruneJob:
         from singe_dist.checkpoint import save_checkpoint
 
         save_checkpoint(self.run_dir / "pruned.pt", cpu_model, plan.arch, plan.num_classes, plan)
+        self._note_tracking_lost()
         atomic_write_text(self.run_dir / "report.json", json.dumps(self.report, indent=1))
         self.log(summary_table(self.report))
         self.tracker.finish(self.run_dir, self.report, cpu_model, self.input_size)
+        if self._note_tracking_lost():  # lost while logging the results: the report says so too
+            atomic_write_text(self.run_dir / "report.json", json.dumps(self.report, indent=1))
+
+    def _note_tracking_lost(self) -> bool:
+        """Record in the report why tracking stopped mid-run, if it did; True when that is news."""
+        lost = getattr(self.tracker, "lost", None)
+        if not lost or self.report.get("tracking_lost") == lost:
+            return False
+        self.report["tracking_lost"] = lost
+        return True
 
 
 def _group_widths(model: nn.Module, input_size: tuple[int, int, int], ignored: list[str]) -> dict[str, int]:
