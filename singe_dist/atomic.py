@@ -38,6 +38,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], None],
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; a report or plan must be readable like any file
         with os.fdopen(fd, "wb" if binary else "w") as fh:
             write(fh)
             fh.flush()
@@ -61,6 +62,16 @@ def write_error(path: Path, exc: OSError) -> SingeError:
     detail = ", ".join(d for d in details if d)
     kept = "the previous version is intact" if path.is_file() else "nothing was written"
     return SingeError(f"cannot write {path}: {reason}{f' ({detail})' if detail else ''}; {kept}")
+
+
+def _file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would give: the existing file's, else 0666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _remove(tmp: str | None) -> None:

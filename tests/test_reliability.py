@@ -557,3 +557,20 @@ def test_mlflow_server_killed_mid_run_training_finishes_tracking_loss_reported_o
     stored = json.dumps([run.data.params, run.data.tags])
     for secret in secrets.values():
         assert secret not in out and secret not in stderr and secret not in stored, secret
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path) -> None:
+    """A report written atomically is readable like one written with open(): not mkstemp's 0600."""
+    import os
+
+    from singe_dist.atomic import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.json", "{}")
+        assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+        os.chmod(tmp_path / "report.json", 0o640)
+        atomic_write_text(tmp_path / "report.json", "{}")  # an existing file keeps its mode
+        assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
