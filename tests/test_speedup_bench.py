@@ -12,17 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .test_benchmarks import ROOT, _table_rows
+
 MODELS = ("resnet50", "mobilenet_v2")
 CRITERIA = ("magnitude", "random")
-
-
-def _table_rows(output: str) -> list[list[str]]:
-    rows = [line for line in output.splitlines() if line.startswith("|")]
-    assert len(rows) >= 3, output
-    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
-    assert all(len(c) == len(cells[0]) for c in cells), output
-    return cells
 
 
 def _millions(cell: str) -> float:
