@@ -20,7 +20,6 @@ import resource
 import runpy
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from singe_dist.errors import SingeError
 from singe_dist.plan.plan import Plan
 
 from .conftest import small_job_overrides
+from .mlflow_server import start_mlflow_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOAK = REPO_ROOT / "benchmarks" / "memory_soak.py"
@@ -437,9 +437,11 @@ def test_local_services_bind_loopback_and_the_local_head_uses_token_auth() -> No
     assert uses and all(re.search(r'> "\$TOKEN_PATH"', u) or u.startswith("if [[ -n") for u in uses), uses
     launcher = (REPO_ROOT / "singe_dist" / "distributed" / "ray_launcher.py").read_text()
     assert '_node_ip_address="127.0.0.1"' in launcher and "include_dashboard=False" in launcher
-    for test_file in ("test_tracking.py", "test_reliability.py"):  # the MLflow servers the tests start
+    # every MLflow server the tests start comes from the one helper, which binds the loopback address
+    assert '"server", "--host", "127.0.0.1"' in (REPO_ROOT / "tests" / "mlflow_server.py").read_text()
+    for test_file in ("test_tracking.py", "test_reliability.py"):
         text = (REPO_ROOT / "tests" / test_file).read_text()
-        assert '"server", "--host", "127.0.0.1"' in text, test_file
+        assert "start_mlflow_server(" in text, test_file
 
 
 # ---------------------------------------------------------------------------------- memory soak benchmark
@@ -455,12 +457,6 @@ def test_memory_soak_benchmark_smoke(monkeypatch, capsys) -> None:
 
 
 # ---------------------------------------------------------------------------------- MLflow server goes away
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _doomed_server(request, tmp_path_factory):  # noqa: ANN001, ANN202
     """A real MLflow server (SQLite) on 127.0.0.1 that the last test kills: started first, it boots meanwhile.
@@ -472,14 +468,7 @@ def _doomed_server(request, tmp_path_factory):  # noqa: ANN001, ANN202
         yield None
         return
     root = tmp_path_factory.mktemp("doomed-mlflow")
-    port = _free_port()
-    exe = Path(sys.executable).parent / "mlflow"
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+    proc, port = start_mlflow_server(root, {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
     try:
         yield proc, port, root
     finally:

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ from singe_dist.tracking.mlflow_tracker import (
 from singe_dist.tracking.plots import accuracy_points, plot_accuracy_vs_macs, plot_channels, plot_relevance_histogram
 
 from .conftest import DIGITS_SIZE
+from .mlflow_server import free_port, start_mlflow_server
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -41,12 +41,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 PNG = b"\x89PNG\r\n\x1a\n"
 STEP_KEYS = ("top1", "top5", "loss", "macs", "params", "fraction_removed")  # baseline (step 0) and every step
 PRUNE_KEYS = ("pruned_top1", "relevance_s", "finetune_s", "channels_removed", "skipped_samples")  # steps 1..T
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _quiet_env() -> dict[str, str]:
@@ -62,14 +56,7 @@ def _server_process(request, tmp_path_factory):  # noqa: ANN001, ANN202
         yield None
         return
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    exe = Path(sys.executable).parent / "mlflow"
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=_quiet_env(),
-                                start_new_session=True)
+    proc, port = start_mlflow_server(root, _quiet_env())
     try:
         yield proc, f"http://127.0.0.1:{port}", root / "server.log"
     finally:
@@ -135,7 +122,7 @@ def _artifacts(client: MlflowClient, run_id: str) -> set[str]:
 # ------------------------------------------------------------------------------------ no server
 def test_an_unreachable_server_fails_fast_with_one_line_naming_it(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     uri = f"http://alice:s3cret@127.0.0.1:{port}"
     config = load_config(None, [f"run.out_dir={tmp_path / 'run'}", f"tracking.uri={uri}",
                                 "tracking.connect_timeout_s=5"])
@@ -200,7 +187,7 @@ def test_the_sqlite_default_needs_no_server_and_logs_no_secrets(monkeypatch, tmp
 
 
 def test_only_rank_zero_with_tracking_enabled_gets_a_real_tracker(tmp_path) -> None:
-    unreachable = f"http://127.0.0.1:{_free_port()}"  # never contacted
+    unreachable = f"http://127.0.0.1:{free_port()}"  # never contacted
     config = load_config(None, [f"run.out_dir={tmp_path}", f"tracking.uri={unreachable}"])
     assert isinstance(make_tracker(config, rank=1), NullTracker)
     config = load_config(None, [f"run.out_dir={tmp_path}", f"tracking.uri={unreachable}", "tracking.enabled=false"])
