@@ -1,21 +1,30 @@
-"""Criterion quality on the digits: accuracy after one-shot and after entwined pruning, per criterion.
+"""Criterion quality on Fashion-MNIST with a CIFAR-style ResNet-20: which channels does each criterion pick?
 
-For each seed a small residual network (``digits_resnet``) is trained from scratch on the digits
-shards (the seed sets its initialisation and data order). Each criterion then prunes a copy of it to
-every budget (fraction of MACs removed), twice, both through the project's own engine (``PruneJob``,
-in-process, tracking off):
+Protocol (fixed before any result was looked at; every criterion gets exactly the same treatment):
 
-- **one-shot**: one pruning step, no fine-tuning; top-1 right after the removal;
-- **entwined**: ``--steps`` pruning steps with ``--iters`` fine-tune iterations after each and a final
-  fine-tune of ``--final-iters`` iterations; final top-1.
+- **Data.** Fashion-MNIST as shards (``singe-dist shards --fashion-mnist``). Training shards 0-4
+  (50,000 images) train the baselines and fine-tune; calibration batches are drawn from them. Shard 5
+  (10,000 training images never trained on) is the *development* split on which settings may be
+  chosen; the 10,000 test images (``val-000000.tar``) are the split the tables *report*.
+- **Baselines.** One ``cifar_resnet20`` per seed, trained from scratch by ``singe-dist train`` with
+  ``jobs/configs/fashion_resnet20.yaml`` (the seed sets initialisation and data order).
+- **(i) Criterion alone: one-shot.** Each criterion scores the baseline once on the seed's
+  calibration batches (the same images for every criterion); for every budget and allocation the
+  baseline is pruned in one step, its BatchNorm statistics re-estimated on those batches (for every
+  criterion, so stale statistics do not decide), and evaluated without any training.
+- **(ii) After fine-tuning: entwined.** The job itself (``PruneJob``, in-process): ``--steps`` pruning
+  steps with ``--iters`` fine-tune iterations after each (BN re-estimated after each removal), then
+  ``--final-iters`` more. *Short budget*: top-1 after the last step's fine-tuning; *long budget*: after
+  the final fine-tune. The channel path of SInGE is left out of (ii) by default: re-scoring every
+  channel at every step costs hours here (its one-shot relevance time is in the table).
 
-Every criterion gets the same calibration batches, the same fine-tuning budget and the same seeds, so
-the only difference is which channels it removes. Mean and standard deviation over seeds are printed
-as a Markdown table; ``--out`` also writes the table and the raw runs (JSON), ``--plot`` a PNG of
-top-1 versus MACs removed per criterion.
+Results are stored per cell in ``OUT.json`` after each one, so a run resumes where it stopped and
+several invocations (one per seed, on different cores) merge with ``--merge``.
 
-    uv run python benchmarks/quality.py --work runs/bench/quality --out docs/results/quality --plot docs/plots/quality.png
-    uv run python benchmarks/quality.py --smoke    # seconds, for the test suite
+    uv run python benchmarks/quality.py --work runs/bench/fashion --out docs/results/fashion --seeds 0
+    uv run python benchmarks/quality.py --merge docs/results/fashion-s*.json --out docs/results/fashion --plot docs/plots/fashion.png
+    uv run python benchmarks/quality.py --device cuda ...    # on a lent GPU
+    uv run python benchmarks/quality.py --smoke              # seconds, on the bundled digits, for the test suite
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / "jobs" / "configs" / "demo.yaml"
+CONFIG = ROOT / "jobs" / "configs" / "fashion_resnet20.yaml"
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,10 @@ class Criterion:
 
     label: str
     overrides: tuple[str, ...]
+
+    @property
+    def channel_path(self) -> bool:
+        return "criterion.path=channel" in self.overrides
 
 
 CRITERIA = {
@@ -53,188 +66,228 @@ CRITERIA = {
         Criterion("singe channel signed", ("criterion.name=singe", "criterion.path=channel", "criterion.reduce=signed")),
         Criterion("singe channel abs", ("criterion.name=singe", "criterion.path=channel", "criterion.reduce=abs")),
         Criterion("taylor", ("criterion.name=taylor",)),
-        Criterion("magnitude L1", ("criterion.name=magnitude", "criterion.norm=1")),
         Criterion("magnitude L2", ("criterion.name=magnitude", "criterion.norm=2")),
         Criterion("random", ("criterion.name=random",)),
     )
 }
+ENTWINED_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].channel_path]
+ALLOCATIONS = ("global", "uniform")
 
 
-def _config(data: dict[str, str], size: int, seed: int, out_dir: Path, extra: list[str]):  # noqa: ANN202
+def prepare_data(args: argparse.Namespace) -> dict[str, str]:
+    """Shards of the benchmark's data in ``--work`` (written once): train, dev and test patterns."""
+    from singe_dist.atomic import atomic_write_text
+
+    folder = args.work / f"data-{args.dataset}"
+    patterns = folder / "patterns.json"
+    if not patterns.is_file():
+        if args.dataset == "fashion":
+            from singe_dist.data.convert import fashion_mnist_to_shards
+
+            fashion_mnist_to_shards(folder, source=args.source, per_shard=10000)
+            found = {"train": str(folder / "train-{000000..000004}.tar"), "dev": str(folder / "train-000005.tar"),
+                     "test": str(folder / "val-000000.tar")}
+        else:  # the bundled digits, for --smoke: the dev split is the test split (nothing is chosen on it)
+            from singe_dist.data.convert import digits_to_shards
+
+            written = digits_to_shards(folder, size=args.size, per_shard=500)
+            found = {"train": written["train"].pattern, "dev": written["val"].pattern, "test": written["val"].pattern}
+        atomic_write_text(patterns, json.dumps(found))
+    return json.loads(patterns.read_text())
+
+
+def job_config(args: argparse.Namespace, data: dict[str, str], seed: int, out_dir: Path, extra: list[str],
+               val: str = "test"):  # noqa: ANN201
     from singe_dist.config import load_config
 
-    base = [
-        f"data.train={data['train']}", f"data.val={data['val']}", f"data.image_size={size}",
-        f"data.resize_size={size}", "data.num_workers=0", f"run.seed={seed}", f"run.out_dir={out_dir}",
-        "run.latency_batch_sizes=[]", "run.device=cpu", "tracking.enabled=false", "distributed.num_workers=0",
-    ]
-    return load_config(DEMO_CONFIG, base + extra)
+    base = [f"data.train={data['train']}", f"data.val={data[val]}", "data.num_workers=0", f"run.seed={seed}",
+            f"run.out_dir={out_dir}", "run.latency_batch_sizes=[]", f"run.device={args.device}",
+            "tracking.enabled=false", "distributed.num_workers=0", f"criterion.steps={args.path_points}",
+            f"criterion.calibration_batches={args.calibration_batches}", f"data.batch_size={args.batch_size}",
+            f"prune.bn_batches={args.calibration_batches}", f"train.iters={args.train_iters}"]
+    if args.dataset == "digits":
+        base += [f"data.image_size={args.size}", f"data.resize_size={args.size}", "data.mean=[0.305,0.305,0.305]",
+                 "data.std=[0.324,0.324,0.324]", "data.hflip=false", "data.train_samples=1437"]
+    return load_config(CONFIG, base + extra)
 
 
-def _run_job(config) -> dict:  # noqa: ANN001
-    from singe_dist.engine.loop import PruneJob
-
-    return PruneJob(config, log=lambda _msg: None).run()
-
-
-def _baseline(data: dict[str, str], size: int, seed: int, iters: int, out: Path) -> float:
-    """Train the seed's unpruned network (its init and data order follow ``run.seed``); its top-1."""
+def baseline(args: argparse.Namespace, data: dict[str, str], seed: int) -> tuple[Path, dict]:
+    """The seed's unpruned network (trained once per work folder) and its top-1 on dev and test."""
     from singe_dist.engine.baseline import train_baseline
 
-    summary = out.with_suffix(".json")  # written by train_baseline after the checkpoint
+    path = args.work / f"baseline-seed{seed}.pt"
+    summary = path.with_suffix(".json")
     if not summary.is_file():
-        config = _config(data, size, seed, out.parent / "unused", ["model.checkpoint=null", f"train.iters={iters}"])
-        train_baseline(config, out, log=lambda _msg: None)
-    return json.loads(summary.read_text())["val"]["top1"]
+        print(f"seed {seed}: training the baseline ({args.train_iters} iterations)", flush=True)
+        train_baseline(job_config(args, data, seed, args.work / "unused", ["model.checkpoint=null"]), path,
+                       log=lambda _m: None)
+    scores = json.loads(summary.read_text())
+    if "dev_top1" not in scores:
+        scores["dev_top1"] = evaluate_checkpoint(args, data, seed, path, "dev")
+        scores["test_top1"] = evaluate_checkpoint(args, data, seed, path, "test")
+        summary.write_text(json.dumps(scores, indent=1))
+    return path, scores
 
 
-def _key(seed: int, label: str, fraction: float) -> tuple:
-    return (seed, label, round(fraction, 6))
+def evaluate_checkpoint(args: argparse.Namespace, data: dict[str, str], seed: int, path: Path, split: str) -> float:
+    from singe_dist.checkpoint import load_model
+    from singe_dist.data.streams import DataStreams
+    from singe_dist.engine.train import evaluate
+
+    config = job_config(args, data, seed, args.work / "unused", [], val=split)
+    model, _, _, _ = load_model(path)
+    return evaluate(model.to(_device(args)), DataStreams(config.data, 10, seed=seed, training=False).val()).top1
 
 
-def load_runs(paths: list[Path]) -> dict:
-    """Runs and baselines from earlier ``--out`` JSON files (to resume, or to merge separate invocations)."""
-    runs, baselines = {}, {}
-    for path in paths:
-        if path.is_file():
+def _device(args: argparse.Namespace) -> torch.device:
+    return torch.device("cuda" if args.device == "cuda" else "cpu")
+
+
+class Store:
+    """Every finished cell, saved after each one (atomic), keyed by what defines it."""
+
+    def __init__(self, path: Path | None, args: argparse.Namespace) -> None:
+        self.path, self.args = path, args
+        self.data: dict = {"oneshot": {}, "entwined": {}, "baselines": {}}
+        if path is not None and path.is_file():
             stored = json.loads(path.read_text())
-            runs.update({_key(r["seed"], r["criterion"], r["target"]): r for r in stored["runs"]})
-            baselines.update({int(k): v for k, v in stored["baselines"].items()})
-    return {"runs": runs, "baselines": baselines}
+            for part in ("oneshot", "entwined"):
+                self.data[part] = {self.key(r): r for r in stored[part]}
+            self.data["baselines"] = stored["baselines"]
+
+    @staticmethod
+    def key(row: dict) -> str:
+        return f"{row['seed']}|{row['criterion']}|{row['allocation']}|{row['target']:.4f}"
+
+    def add(self, part: str, row: dict) -> None:
+        self.data[part][self.key(row)] = row
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from singe_dist.atomic import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps({
+            "args": {k: str(v) for k, v in vars(self.args).items()}, "baselines": self.data["baselines"],
+            "oneshot": list(self.data["oneshot"].values()), "entwined": list(self.data["entwined"].values())}, indent=1))
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Every (seed, criterion, budget) not already in ``args.out``'s JSON; saved after each, so it resumes."""
-    from singe_dist.atomic import atomic_write_text
-    from singe_dist.data.convert import digits_to_shards
-
-    torch.set_num_threads(args.threads)
-    work = args.work or Path(tempfile.mkdtemp(prefix="singe-quality-"))
-    patterns = work / f"data-{args.size}px" / "patterns.json"
-    if not patterns.is_file():  # written once per work folder (several invocations may share it)
-        written = digits_to_shards(patterns.parent, size=args.size, per_shard=500)
-        atomic_write_text(patterns, json.dumps({split: str(s.pattern) for split, s in written.items()}))
-    data = json.loads(patterns.read_text())
-    store = args.out.with_suffix(".json") if args.out else None
-    done = load_runs([store] if store else [])
-    common = [f"criterion.steps={args.path_points}", f"criterion.calibration_batches={args.calibration_batches}",
-              f"data.batch_size={args.batch_size}", f"finetune.lr={args.lr}"]
-    todo = [(s, c, f) for s in args.seeds for c in args.criteria for f in args.fractions if _key(s, c, f) not in done["runs"]]
-    start = time.perf_counter()
-    for n, (seed, label, fraction) in enumerate(todo, 1):
-        checkpoint = work / f"baseline-{args.size}px-seed{seed}-{args.train_iters}it.pt"
-        if seed not in done["baselines"]:
-            done["baselines"][seed] = _baseline(data, args.size, seed, args.train_iters, checkpoint)
-            print(f"seed {seed}: baseline top-1 {done['baselines'][seed]:.4f}", flush=True)
-        extra = [*common, *CRITERIA[label].overrides, f"model.checkpoint={checkpoint}", f"prune.remove_fraction={fraction}"]
-        tag = f"seed{seed}-{label.replace(' ', '_')}-{fraction}"
-        one_shot = _run_job(_config(data, args.size, seed, Path(tempfile.mkdtemp(dir=work, prefix=f"{tag}-oneshot-")),
-                                    [*extra, "prune.steps=1", "finetune.iters_per_step=0", "finetune.final_iters=0"]))
-        entwined = _run_job(_config(data, args.size, seed, Path(tempfile.mkdtemp(dir=work, prefix=f"{tag}-entwined-")),
-                                    [*extra, f"prune.steps={args.steps}", f"finetune.iters_per_step={args.iters}",
-                                     f"finetune.final_iters={args.final_iters}"]))
-        r = {"seed": seed, "criterion": label, "target": fraction,
-             "one_shot_top1": one_shot["steps"][0]["pruned"]["top1"],
-             "one_shot_removed": one_shot["steps"][0]["fraction_removed"],
-             "entwined_top1": entwined["final"]["top1"], "entwined_removed": entwined["final"]["fraction_removed"],
-             "relevance_s": entwined["wall_time_s"]["relevance"], "job_s": entwined["wall_time_s"]["total"]}
-        done["runs"][_key(seed, label, fraction)] = r
-        if store:
-            atomic_write_text(store, json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                 "runs": list(done["runs"].values()),
-                                                 "baselines": done["baselines"]}, indent=1))
-        print(f"[{n}/{len(todo)} {time.perf_counter() - start:.0f}s] seed {seed} {label} {fraction:.0%}: "
-              f"one-shot {r['one_shot_top1']:.4f}, entwined {r['entwined_top1']:.4f}", flush=True)
-    return {**done, "seconds": time.perf_counter() - start}
-
-
-def bn_study(args: argparse.Namespace) -> dict:
-    """One-shot pruning with and without re-estimated BatchNorm statistics, on the stored baselines.
-
-    The same calibration batches as the engine's one-shot step (rank 0 of 1, step 0, the seed's
-    stream), removal through ``prune_one_shot``; the "one-shot" column must therefore repeat the
-    engine's number, which the table shows side by side as a check.
-    """
+def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> None:
+    """(i): every criterion scores the seed's baseline once; every budget x allocation prunes a copy of it."""
     from singe_dist.checkpoint import load_model
     from singe_dist.data.streams import DataStreams
     from singe_dist.engine.train import evaluate, recalibrate_batchnorm
     from singe_dist.plan.decide import Budget, prune_one_shot
+    from singe_dist.relevance.criteria import accumulate, compute_relevance
+    from singe_dist.relevance.groups import example_input, find_groups
 
-    torch.set_num_threads(args.threads)
-    data = json.loads((args.work / f"data-{args.size}px" / "patterns.json").read_text())
-    engine_runs = load_runs([args.out.with_suffix(".json")])["runs"] if args.out else {}
-    rows = []
+    sums_cache: dict = {}
     for seed in args.seeds:
-        checkpoint = args.work / f"baseline-{args.size}px-seed{seed}-{args.train_iters}it.pt"
+        path, base = baseline(args, data, seed)
+        store.data["baselines"][str(seed)] = base
         for label in args.criteria:
-            config = _config(data, args.size, seed, args.work / "unused",
-                             [f"criterion.steps={args.path_points}", f"data.batch_size={args.batch_size}",
-                              *CRITERIA[label].overrides])
+            cells = [(a, f) for a in args.allocations for f in args.fractions
+                     if Store.key({"seed": seed, "criterion": label, "allocation": a, "target": f})
+                     not in store.data["oneshot"]]
+            if not cells:
+                continue
+            config = job_config(args, data, seed, args.work / "unused", list(CRITERIA[label].overrides))
+            size = (3, config.data.image_size, config.data.image_size)
             streams = DataStreams(config.data, 10, seed=seed)
-            calibration = streams.calibration(0, args.calibration_batches)
-            for fraction in args.fractions:
-                model, arch, classes, _ = load_model(checkpoint, "digits_resnet", 10)
-                prune_one_shot(model, arch, classes, (3, args.size, args.size), calibration, config.criterion,
-                               Budget("macs", fraction))
-                plain = evaluate(model, streams.val()).top1
-                recalibrate_batchnorm(model, calibration)
-                engine = engine_runs.get(_key(seed, label, fraction), {}).get("one_shot_top1", float("nan"))
-                rows.append({"seed": seed, "criterion": label, "target": fraction, "one_shot_top1": plain,
-                             "engine_one_shot_top1": engine, "bn_top1": evaluate(model, streams.val()).top1})
-                print(f"seed {seed} {label} {fraction:.0%}: one-shot {plain:.4f} (engine {engine:.4f}), "
-                      f"BN re-estimated {rows[-1]['bn_top1']:.4f}", flush=True)
-    return {"runs": rows}
+            calibration = streams.calibration(0, args.calibration_batches)  # the engine's step-1 batches
+            dev = DataStreams(job_config(args, data, seed, args.work / "unused", [], val="dev").data, 10, seed=seed,
+                              training=False)
+            model, _, _, _ = load_model(path)
+            model = model.to(_device(args))
+            crit = config.criterion
+            groups = find_groups(model, example_input(model, size))
+            t0 = time.perf_counter()
+            if crit.name == "singe":  # signed and abs finalize the same sums: integrate each path once per seed
+                cached = sums_cache.get((seed, crit.path))
+                if cached is None:
+                    cached = sums_cache[(seed, crit.path)] = (accumulate(model, groups, calibration, crit),
+                                                              time.perf_counter() - t0)
+                scores, seconds = cached[0].finalize(crit.reduce), cached[1]
+            else:
+                scores = compute_relevance(model, groups, calibration, crit)
+                seconds = time.perf_counter() - t0
+            for allocation, fraction in cells:
+                pruned, _, _, _ = load_model(path)
+                pruned = pruned.to(_device(args))
+                prune_one_shot(pruned, config.model.arch, 10, size, None, config.criterion, Budget("macs", fraction),
+                               allocation=allocation, scores=scores)
+                stale = evaluate(pruned, streams.val()).top1
+                recalibrate_batchnorm(pruned, calibration)
+                row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
+                       "stale_bn_top1": stale, "top1": evaluate(pruned, streams.val()).top1,
+                       "dev_top1": evaluate(pruned, dev.val()).top1, "relevance_s": seconds}
+                store.add("oneshot", row)
+                print(f"one-shot seed {seed} {label} {allocation} {fraction:.0%}: top-1 {row['top1']:.4f} "
+                      f"(stale BN {stale:.4f}, dev {row['dev_top1']:.4f}, relevance {seconds:.0f}s)", flush=True)
 
 
-def bn_table(result: dict, criteria: list[str], fractions: list[float]) -> str:
-    from singe_dist.report import format_table
+def entwined(args: argparse.Namespace, data: dict[str, str], store: Store) -> None:
+    """(ii): the job, entwined pruning and fine-tuning, per (seed, criterion, allocation, budget)."""
+    from singe_dist.engine.loop import PruneJob
 
-    body = []
-    for label in criteria:
-        for fraction in fractions:
-            sel = [r for r in result["runs"] if r["criterion"] == label and r["target"] == fraction]
-            if sel:
-                one, bn = (_mean_std([r[k] for r in sel]) for k in ("one_shot_top1", "bn_top1"))
-                same = all(abs(r["one_shot_top1"] - r["engine_one_shot_top1"]) < 1e-9 for r in sel)
-                body.append([label, f"{fraction:.0%}", f"{one[0]:.4f} ± {one[1]:.4f}", f"{bn[0]:.4f} ± {bn[1]:.4f}",
-                             "yes" if same else "no", len(sel)])
-    return format_table(["criterion", "MACs removed (target)", "one-shot top-1", "one-shot + BN re-estimated",
-                         "equals engine run", "seeds"], body)
+    todo = [(s, c, a, f) for s in args.seeds for f in args.fractions for a in args.allocations
+            for c in args.entwined_criteria
+            if Store.key({"seed": s, "criterion": c, "allocation": a, "target": f}) not in store.data["entwined"]]
+    start = time.perf_counter()
+    for n, (seed, label, allocation, fraction) in enumerate(todo, 1):
+        path, base = baseline(args, data, seed)
+        store.data["baselines"][str(seed)] = base
+        out = Path(tempfile.mkdtemp(dir=args.work, prefix=f"s{seed}-{label.replace(' ', '_')}-{allocation}-{fraction}-"))
+        extra = [*CRITERIA[label].overrides, f"model.checkpoint={path}", f"prune.remove_fraction={fraction}",
+                 f"prune.allocation={allocation}", f"prune.steps={args.steps}", f"finetune.iters_per_step={args.iters}",
+                 f"finetune.final_iters={args.final_iters}", f"finetune.lr={args.lr}", "run.eval_after_prune=false",
+                 *args.set]
+        report = PruneJob(job_config(args, data, seed, out, extra), log=lambda _m: None).run()
+        row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
+               "short_top1": report["steps"][-1]["finetuned"]["top1"], "long_top1": report["final"]["top1"],
+               "long_dev_top1": evaluate_checkpoint(args, data, seed, out / "pruned.pt", "dev"),
+               "removed": report["final"]["fraction_removed"], "relevance_s": report["wall_time_s"]["relevance"],
+               "job_s": report["wall_time_s"]["total"], "set": list(args.set)}
+        store.add("entwined", row)
+        print(f"[{n}/{len(todo)} {time.perf_counter() - start:.0f}s] entwined seed {seed} {label} {allocation} "
+              f"{fraction:.0%}: short {row['short_top1']:.4f}, long {row['long_top1']:.4f}", flush=True)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(result: dict, criteria: list[str], fractions: list[float]) -> list[dict]:
-    """One row per (criterion, budget): mean and spread over seeds."""
-    rows = []
-    for label in criteria:
-        for fraction in fractions:
-            sel = [r for r in result["runs"].values() if r["criterion"] == label and r["target"] == fraction]
-            if not sel:
-                continue
-            one_mean, one_std = _mean_std([r["one_shot_top1"] for r in sel])
-            ent_mean, ent_std = _mean_std([r["entwined_top1"] for r in sel])
-            rows.append({
-                "criterion": label, "target": fraction,
-                "removed": statistics.fmean(r["entwined_removed"] for r in sel),
-                "one_shot": (one_mean, one_std), "entwined": (ent_mean, ent_std),
-                "relevance_s": statistics.fmean(r["relevance_s"] for r in sel), "seeds": len(sel),
-            })
-    return rows
+def _cell(rows: list[dict], key: str) -> str:
+    if not rows:
+        return "-"
+    mean, std = _mean_std([r[key] for r in rows])
+    return f"{mean:.4f} ± {std:.4f}"
 
 
-def table(rows: list[dict]) -> str:
+def table(data: dict, criteria: list[str], allocations: list[str], fractions: list[float]) -> str:
+    """One row per (budget, allocation, criterion): mean ± standard deviation over seeds, test split."""
     from singe_dist.report import format_table
 
-    headers = ["criterion", "MACs removed", "one-shot top-1", "entwined top-1", "relevance s/run", "seeds"]
-    body = [[r["criterion"], f"{r['removed']:.1%}", f"{r['one_shot'][0]:.4f} ± {r['one_shot'][1]:.4f}",
-             f"{r['entwined'][0]:.4f} ± {r['entwined'][1]:.4f}", f"{r['relevance_s']:.1f}", r["seeds"]] for r in rows]
-    return format_table(headers, body)
+    body = []
+    for fraction in fractions:
+        for allocation in allocations:
+            for label in criteria:
+                pick = lambda part: [r for r in data[part].values() if r["criterion"] == label  # noqa: E731
+                                     and r["allocation"] == allocation and abs(r["target"] - fraction) < 1e-9]
+                one, ent = pick("oneshot"), pick("entwined")
+                if not one and not ent:
+                    continue
+                rel = [r["relevance_s"] for r in one]
+                body.append([f"{fraction:.0%}", allocation, label, _cell(one, "stale_bn_top1"), _cell(one, "top1"),
+                             _cell(ent, "short_top1"), _cell(ent, "long_top1"),
+                             f"{statistics.fmean(rel):.1f}" if rel else "-", max(len(one), len(ent))])
+    return format_table(["MACs removed", "allocation", "criterion", "one-shot, stale BN", "one-shot, BN re-estimated",
+                         "entwined, short FT", "entwined, long FT", "one-shot relevance s", "seeds"], body)
 
 
-def plot(rows: list[dict], baseline: float, path: Path) -> None:
+def plot(data: dict, criteria: list[str], allocations: list[str], fractions: list[float], base: float,
+         path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,20 +295,29 @@ def plot(rows: list[dict], baseline: float, path: Path) -> None:
 
     from singe_dist.atomic import atomic_write
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
-    for ax, key, title in ((axes[0], "one_shot", "one-shot (no fine-tuning)"),
-                           (axes[1], "entwined", "entwined pruning + fine-tuning")):
-        for label in dict.fromkeys(r["criterion"] for r in rows):
-            sel = [r for r in rows if r["criterion"] == label]
-            style = "-" if label.startswith("singe") else "--"
-            ax.errorbar([100 * r["target"] for r in sel], [r[key][0] for r in sel], yerr=[r[key][1] for r in sel],
-                        label=label, linestyle=style, marker="o", capsize=3)
-        ax.axhline(baseline, color="grey", linewidth=0.8, label="unpruned (mean)")
-        ax.set(title=title, xlabel="MACs removed (%)", ylabel="top-1 (digits val)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower left")
+    panels = [("oneshot", "top1", "one-shot, BN re-estimated"), ("entwined", "short_top1", "entwined, short fine-tune"),
+              ("entwined", "long_top1", "entwined, long fine-tune")]
+    fig, axes = plt.subplots(len(allocations), 3, figsize=(15, 4.2 * len(allocations)), squeeze=False)
+    for i, allocation in enumerate(allocations):
+        for j, (part, key, title) in enumerate(panels):
+            ax = axes[i][j]
+            for label in criteria:
+                xs, ys, es = [], [], []
+                for f in fractions:
+                    sel = [r[key] for r in data[part].values() if r["criterion"] == label
+                           and r["allocation"] == allocation and abs(r["target"] - f) < 1e-9]
+                    if sel:
+                        m, s = _mean_std(sel)
+                        xs.append(100 * f), ys.append(m), es.append(s)
+                if xs:
+                    ax.errorbar(xs, ys, yerr=es, label=label, marker="o", capsize=3,
+                                linestyle="-" if label.startswith("singe") else "--")
+            ax.axhline(base, color="grey", linewidth=0.8, label="unpruned (mean)")
+            ax.set(title=f"{title} ({allocation})", xlabel="MACs removed (%)", ylabel="top-1 (test)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -263,63 +325,71 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA), metavar="CRITERION")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85])
-    parser.add_argument("--size", type=int, default=16, help="image size in pixels (the digits are 8x8)")
-    parser.add_argument("--train-iters", type=int, default=300, help="baseline training iterations")
-    parser.add_argument("--steps", type=int, default=4, help="entwined pruning steps")
-    parser.add_argument("--iters", type=int, default=25, help="fine-tune iterations after each step")
-    parser.add_argument("--final-iters", type=int, default=50, help="final fine-tune iterations")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--entwined-criteria", nargs="*", default=ENTWINED_DEFAULT, choices=list(CRITERIA),
+                        metavar="CRITERION", help="criteria of part (ii) (default: all but the channel path)")
+    parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.7, 0.85])
+    parser.add_argument("--phase", choices=("oneshot", "entwined", "all"), default="all")
+    parser.add_argument("--dataset", choices=("fashion", "digits"), default="fashion")
+    parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST idx files")
+    parser.add_argument("--size", type=int, default=16, help="digits only: image size")
+    parser.add_argument("--train-iters", type=int, default=1000, help="baseline training iterations (batch 128)")
+    parser.add_argument("--steps", type=int, default=3, help="entwined pruning steps")
+    parser.add_argument("--iters", type=int, default=25, help="fine-tune iterations after each step (short budget)")
+    parser.add_argument("--final-iters", type=int, default=200, help="final fine-tune iterations (long budget)")
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.02, help="fine-tune learning rate")
     parser.add_argument("--path-points", type=int, default=4, help="SInGE integration points S")
-    parser.add_argument("--calibration-batches", type=int, default=2)
+    parser.add_argument("--calibration-batches", type=int, default=2, help="calibration batches (relevance and BN)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra job overrides for part (ii), e.g. prune.substeps=2 (a method variant)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--out", type=Path, help="write OUT.md (table) and OUT.json (every run)")
+    parser.add_argument("--out", type=Path, help="write OUT.md (table) and OUT.json (every cell)")
     parser.add_argument("--plot", type=Path, help="write a PNG of top-1 versus MACs removed")
-    parser.add_argument("--work", type=Path, help="keep shards and baselines here (default: a temporary folder)")
-    parser.add_argument("--merge", type=Path, nargs="+", help="only print/plot the runs stored in these JSON files")
-    parser.add_argument("--bn-study", action="store_true",
-                        help="one-shot with and without re-estimated BatchNorm statistics, on --work's baselines")
-    parser.add_argument("--smoke", action="store_true", help="tiny settings for the test suite")
+    parser.add_argument("--work", type=Path, help="shards, baselines and job folders (default: a temporary folder)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only tabulate/plot the cells stored in these JSON files")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings on the bundled digits, for the test suite")
     args = parser.parse_args()
     if args.smoke:
-        args.seeds, args.fractions, args.criteria = [0], [0.5], ["singe group signed", "taylor", "magnitude L2"]
+        args.dataset, args.seeds, args.fractions = "digits", [0], [0.5]
+        args.criteria = args.entwined_criteria = ["singe group signed", "taylor", "magnitude L2"]
         args.train_iters, args.steps, args.iters, args.final_iters = 20, 2, 2, 2
         args.path_points, args.calibration_batches, args.batch_size = 2, 1, 32
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-
-    if args.bn_study:
-        if args.work is None:
-            parser.error("--bn-study needs --work (the folder with the baselines of an earlier run)")
-        study = bn_study(args)
-        text = bn_table(study, args.criteria, args.fractions)
-        print(text)
-        if args.out:
-            from singe_dist.atomic import atomic_write_text
-
-            atomic_write_text(args.out.with_name(args.out.name + "-bn.md"), text + "\n")
-            atomic_write_text(args.out.with_name(args.out.name + "-bn.json"), json.dumps(study, indent=1))
-        return
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
     if args.merge:
-        result = {**load_runs(args.merge), "seconds": 0.0}
-        args.seeds = sorted(result["baselines"])
+        store = Store(None, args)
+        for path in args.merge:
+            part = Store(path, args)
+            for name in ("oneshot", "entwined"):
+                store.data[name].update(part.data[name])
+            store.data["baselines"].update(part.data["baselines"])
     else:
-        result = run(args)
-    rows = summarize(result, args.criteria, args.fractions)
-    baseline_mean, baseline_std = _mean_std(list(result["baselines"].values()))
-    header = (f"digits_resnet {args.size}px, seeds {args.seeds}, unpruned top-1 {baseline_mean:.4f} ± "
-              f"{baseline_std:.4f}; entwined: {args.steps} steps x {args.iters} iters + {args.final_iters} final, "
-              f"S={args.path_points}, {args.calibration_batches}x{args.batch_size} calibration samples/step; "
-              f"threads={args.threads} cpu={platform.machine()} torch={torch.__version__} "
-              f"date={datetime.date.today()} ({result['seconds']:.0f}s)")
-    text = header + "\n\n" + table(rows)
+        args.work = args.work or Path(tempfile.mkdtemp(prefix="singe-quality-"))
+        args.work.mkdir(parents=True, exist_ok=True)
+        store = Store(args.out.with_suffix(".json") if args.out else None, args)
+        data = prepare_data(args)
+        if args.phase in ("oneshot", "all"):
+            one_shot(args, data, store)
+        if args.phase in ("entwined", "all"):
+            entwined(args, data, store)
+    bases = store.data["baselines"]
+    test_m, test_s = _mean_std([b["test_top1"] for b in bases.values()]) if bases else (float("nan"), 0.0)
+    header = (f"{args.dataset} cifar_resnet20, seeds {sorted(int(s) for s in bases)}, unpruned top-1 (test) "
+              f"{test_m:.4f} ± {test_s:.4f}; calibration {args.calibration_batches}x{args.batch_size} images, "
+              f"S={args.path_points}; entwined: {args.steps} steps x {args.iters} iters (short) + {args.final_iters} "
+              f"final (long); threads={args.threads} device={args.device} cpu={platform.machine()} "
+              f"torch={torch.__version__} date={datetime.date.today()} ({time.perf_counter() - start:.0f}s)")
+    text = header + "\n\n" + table(store.data, args.criteria, args.allocations, args.fractions)
     print(text)
     if args.out:
         from singe_dist.atomic import atomic_write_text
 
         atomic_write_text(args.out.with_suffix(".md"), text + "\n")
     if args.plot:
-        plot(rows, baseline_mean, args.plot)
+        plot(store.data, args.criteria, args.allocations, args.fractions, test_m, args.plot)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ class PruneConfig:
     min_keep: int = 1
     round_to: int = 1
     normalize_by_cost: bool = False
+    allocation: Literal["global", "uniform"] = "global"  # how many channels each group loses (plan/select.py)
+    max_remove_fraction: float = 1.0  # cap on the fraction of any group's original width removed (global)
+    substeps: int = 1  # greedy: split each step's removal in this many, relevance re-estimated in between
+    bn_batches: int = 4  # calibration batches that re-estimate BatchNorm statistics after each removal (0: off)
 
 
 @dataclass
@@ -89,6 +93,8 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     amp: bool = True  # mixed precision on GPU (ignored on CPU)
+    distill_weight: float = 0.0  # weight of the KL to the unpruned model's logits (0: plain cross-entropy)
+    distill_temperature: float = 4.0
     log_every: int = 10
 
 
@@ -146,6 +152,14 @@ class JobConfig:
         _check(0.0 <= self.prune.min_keep_fraction < 1.0, "prune.min_keep_fraction", "must be in [0, 1)", self.prune.min_keep_fraction)
         _check(self.prune.min_keep >= 1, "prune.min_keep", "must be >= 1", self.prune.min_keep)
         _check(self.prune.round_to >= 1, "prune.round_to", "must be >= 1", self.prune.round_to)
+        _check(0.0 < self.prune.max_remove_fraction <= 1.0, "prune.max_remove_fraction", "must be in (0, 1]",
+               self.prune.max_remove_fraction)
+        _check(self.prune.substeps >= 1, "prune.substeps", "must be >= 1", self.prune.substeps)
+        _check(self.prune.bn_batches >= 0, "prune.bn_batches", "must be >= 0", self.prune.bn_batches)
+        _check(0.0 <= self.finetune.distill_weight <= 1.0, "finetune.distill_weight", "must be in [0, 1]",
+               self.finetune.distill_weight)
+        _check(self.finetune.distill_temperature > 0, "finetune.distill_temperature", "must be > 0",
+               self.finetune.distill_temperature)
         _check(self.criterion.calibration_batches >= 1, "criterion.calibration_batches", "must be >= 1",
                self.criterion.calibration_batches)
         _check(self.finetune.iters_per_step >= 0, "finetune.iters_per_step", "must be >= 0", self.finetune.iters_per_step)

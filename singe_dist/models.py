@@ -4,7 +4,8 @@ Users bring torchvision classifiers (ResNet, MobileNet, VGG, ...); we build them
 right ``num_classes`` and never download weights (no hub access on clusters behind firewalls, and
 none here). ``digits_resnet`` is a small residual network for the bundled digits data: it has the
 same structural features as ResNet (residual groups, downsample shortcuts, a linear classifier),
-but trains in seconds on a CPU.
+but trains in seconds on a CPU. ``cifar_resnet20/32/56`` are the field's small benchmark models
+(He et al. 2016; Torch-Pruning's CIFAR-10 table prunes ResNet-56), used on Fashion-MNIST here.
 
 Checkpoints (architecture name + plan + state dict) live in :mod:`singe_dist.checkpoint`.
 """
@@ -48,7 +49,53 @@ class DigitsResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-_LOCAL_MODELS = {"digits_resnet": DigitsResNet}
+class CifarResNet(nn.Module):
+    """The CIFAR ResNets of He et al. 2016 (section 4.2): 6n + 2 layers, three stages of 16/32/64 channels.
+
+    A 3x3 stem, then n basic blocks per stage (stride 2 at the start of stages 2 and 3), global
+    average pooling and a linear classifier. Shortcuts that change shape are 1x1 convolutions with
+    BatchNorm (option B), as in Torch-Pruning's CIFAR benchmarks, so the residual streams are
+    prunable groups. ResNet-20/32/56 have n = 3/5/9 (0.27M/0.46M/0.85M parameters at 10 classes).
+    """
+
+    def __init__(self, depth: int, num_classes: int = 10) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise SingeError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        in_ch, stages = 16, []
+        for i, width in enumerate((16, 32, 64)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                downsample = None
+                if stride != 1 or in_ch != width:
+                    downsample = nn.Sequential(nn.Conv2d(in_ch, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
+                blocks.append(BasicBlock(in_ch, width, stride=stride, downsample=downsample))
+                in_ch = width
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+_LOCAL_MODELS = {
+    "digits_resnet": DigitsResNet,
+    "cifar_resnet20": lambda num_classes=10: CifarResNet(20, num_classes),
+    "cifar_resnet32": lambda num_classes=10: CifarResNet(32, num_classes),
+    "cifar_resnet56": lambda num_classes=10: CifarResNet(56, num_classes),
+}
 
 
 def available_models() -> list[str]:
@@ -57,7 +104,7 @@ def available_models() -> list[str]:
 
 
 def build_model(name: str, num_classes: int = 1000) -> nn.Module:
-    """Build an untrained classifier by name (torchvision names or ``digits_resnet``)."""
+    """Build an untrained classifier by name (torchvision names, ``digits_resnet``, ``cifar_resnet20/32/56``)."""
     if not isinstance(num_classes, int) or num_classes < 2:
         raise SingeError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if name in _LOCAL_MODELS:

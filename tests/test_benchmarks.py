@@ -33,29 +33,32 @@ def test_relevance_cost_smoke() -> None:
 
 
 def test_quality_smoke(tmp_path: Path) -> None:
-    """The quality benchmark runs the engine per criterion and writes its table, raw runs and plot."""
+    """The quality benchmark: one-shot and entwined cells per criterion and allocation, stored, tabulated, plotted."""
     out = tmp_path / "quality"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work",
-                           str(tmp_path / "work"), "--out", str(out), "--plot", str(tmp_path / "q.png")],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work", str(tmp_path / "work"),
+           "--out", str(out)]
+    proc = subprocess.run([*cmd, "--plot", str(tmp_path / "q.png")], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     header, _sep, *body = _table_rows(proc.stdout)
-    assert header[:4] == ["criterion", "MACs removed", "one-shot top-1", "entwined top-1"]
-    assert [r[0] for r in body] == ["singe group signed", "taylor", "magnitude L2"]
+    assert header[:5] == ["MACs removed", "allocation", "criterion", "one-shot, stale BN", "one-shot, BN re-estimated"]
+    assert [(r[1], r[2]) for r in body] == [(a, c) for a in ("global", "uniform")
+                                            for c in ("singe group signed", "taylor", "magnitude L2")]
     for row in body:
-        assert 0.45 <= float(row[1].rstrip("%")) / 100 <= 0.55  # the 50% budget, within a unit
-        for cell in row[2:4]:
+        assert row[0] == "50%"
+        for cell in row[3:7]:
             mean, spread = (float(v) for v in cell.split(" ± "))
             assert 0.0 <= mean <= 1.0 and spread == 0.0  # one seed: no spread
     stored = json.loads(out.with_suffix(".json").read_text())
-    assert len(stored["runs"]) == 3 and set(stored["baselines"]) == {"0"}
+    assert len(stored["oneshot"]) == len(stored["entwined"]) == 6 and set(stored["baselines"]) == {"0"}
+    assert all(0.45 <= r["removed"] <= 0.55 for r in stored["entwined"])  # the 50% budget, within a unit
     assert out.with_suffix(".md").read_text().count("\n|") == len(body) + 2  # header, rule, rows
     assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
-    # a second invocation resumes: every run is stored, so nothing is recomputed
-    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work",
-                            str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    # a second invocation resumes: every cell is stored, so nothing is recomputed
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert again.returncode == 0, again.stderr
-    assert "[1/" not in again.stdout and _table_rows(again.stdout) == _table_rows(proc.stdout)
+    assert "[1/" not in again.stdout and "one-shot seed" not in again.stdout
+    assert _table_rows(again.stdout) == _table_rows(proc.stdout)
 
 
 def test_gpu_script_smoke() -> None:

@@ -178,3 +178,34 @@ def test_relevance_leaves_the_model_as_it_was(trained_digits_model, digits_data)
     assert model.training
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
+
+
+@pytest.mark.parametrize("arch", ["digits_resnet", "cifar_resnet20"])
+@pytest.mark.parametrize("path", ["group", "channel"])
+def test_prefix_reuse_gives_the_same_relevance(arch: str, path: str) -> None:
+    """Running the network before a group's first consumer once per sample changes no score (to 1e-6)."""
+    from singe_dist.models import build_model
+    from singe_dist.relevance.criteria import _PathEvaluator
+
+    torch.manual_seed(0)
+    size = 16 if arch == "digits_resnet" else 28
+    model = build_model(arch, 10).eval()
+    groups = find_groups(model, example_input(model, (3, size, size)))
+    x, y = torch.randn(6, 3, size, size), torch.randint(0, 10, (6,))
+    share = (1, 3) if path == "channel" else (0, 1)  # a third of the channel pairs keeps it quick
+    plain = accumulate(model, groups, [(x, y)], CriterionConfig(path=path, steps=2, prefix_reuse=False),
+                       channel_share=share)
+    reused = accumulate(model, groups, [(x, y)], CriterionConfig(path=path, steps=2, max_rows=100),
+                        channel_share=share)
+    for gid in plain.sums:
+        assert torch.equal(plain.counts[gid], reused.counts[gid])
+        scale = plain.sums[gid].abs().max()
+        assert (plain.sums[gid] - reused.sums[gid]).abs().max() <= 1e-6 * scale + 1e-12, gid
+    # the reuse is real: every group of these residual networks found a point after its prefix
+    for p in model.parameters():
+        p.requires_grad_(False)
+    evaluator = _PathEvaluator(model, groups, CriterionConfig(path=path))
+    points = {g.id: evaluator.expansion_point(g, x, y, None) for g in groups}
+    names = {m: n for n, m in model.named_modules()}
+    assert all(p is not None for p in points.values())
+    assert names[points["conv1"]].startswith("layer")  # the stem's stream: everything up to the first block is shared

@@ -32,12 +32,12 @@ def _realistic_batchnorm(model: torch.nn.Module, size: int) -> None:
     model.eval()
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "digits_resnet"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "digits_resnet", "cifar_resnet20"])
 def test_gate_at_zero_equals_structural_removal(arch: str) -> None:
     torch.manual_seed(0)
     from singe_dist.models import build_model
 
-    size = 64 if arch != "digits_resnet" else 16
+    size = {"digits_resnet": 16, "cifar_resnet20": 28}.get(arch, 64)
     model = build_model(arch, 10)
     _realistic_batchnorm(model, size)
     x = torch.randn(3, 3, size, size)

@@ -184,3 +184,63 @@ def digits_to_shards(out_dir: str | os.PathLike, *, size: int = 32, per_shard: i
         paths = write_shards(_digits_samples(split, images, labels, size), out, split, per_shard)
         written[split] = ShardSet(paths, shard_pattern(out, split, len(paths)), len(labels))
     return written
+
+
+# Fashion-MNIST (Xiao et al. 2017, MIT licence): the Debian package dataset-fashion-mnist installs these
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                         "ankle boot"]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format: magic, dimensions, then unsigned bytes), gzipped or not."""
+    import gzip
+
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise SingeError(f"{path} is not an idx file of unsigned bytes (the MNIST format)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(dims)):
+        raise SingeError(f"{path} is truncated: {len(body)} bytes of data for dimensions {dims}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _grey_png_samples(split: str, images: np.ndarray, labels: np.ndarray) -> Iterator[Sample]:
+    for index, (image, label) in enumerate(zip(images, labels)):
+        encoded = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image), "L").save(encoded, "PNG")
+        yield {"__key__": f"{split}_{index:05d}", "png": encoded.getvalue(), "cls": str(int(label)).encode()}
+
+
+def fashion_mnist_to_shards(
+    out_dir: str | os.PathLike, *, source: str | os.PathLike = FASHION_MNIST_DIR, per_shard: int = 10000
+) -> dict[str, ShardSet]:
+    """Fashion-MNIST as ``train-*.tar`` (60,000) and ``val-*.tar`` (the 10,000 test images).
+
+    Images stay 28x28 grey and lossless (PNG); the reader decodes them to RGB. The files are the
+    four idx ``.gz`` files of the original release, as the Debian package installs them.
+    """
+    src = Path(source)
+    missing = [name for pair in FASHION_MNIST_FILES.values() for name in pair if not (src / name).is_file()]
+    if missing:
+        raise SingeError(f"Fashion-MNIST file {src / missing[0]} not found: install the Debian package "
+                         "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or pass --source DIR")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_classes(out, FASHION_MNIST_CLASSES)
+    written = {}
+    for split, (image_file, label_file) in FASHION_MNIST_FILES.items():
+        images, labels = read_idx(src / image_file), read_idx(src / label_file)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise SingeError(f"{src / image_file} and {src / label_file} do not hold one label per image")
+        if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+            raise SingeError(f"{src / label_file} has label {labels.max()}, Fashion-MNIST has 10 classes")
+        paths = write_shards(_grey_png_samples(split, images, labels), out, split, per_shard)
+        written[split] = ShardSet(paths, shard_pattern(out, split, len(paths)), len(labels))
+    return written

@@ -42,7 +42,7 @@ from singe_dist.data.streams import DataStreams
 from singe_dist.engine.collective import Collective, LocalCollective, assert_same_plan
 from singe_dist.engine.latency import measure_latency
 from singe_dist.engine.schedule import cumulative_fractions
-from singe_dist.engine.train import eval_sums, make_optimizer, result_from_sums, train_steps
+from singe_dist.engine.train import eval_sums, make_optimizer, recalibrate_batchnorm, result_from_sums, train_steps
 from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.plan.cost import measure
@@ -232,7 +232,8 @@ class PruneJob:
         self.input_size = (3, config.data.image_size, config.data.image_size)
         self.criterion = config.criterion
         self.budget = Budget(config.prune.metric, config.prune.remove_fraction)
-        self.constraints = Constraints(config.prune.min_keep_fraction, config.prune.min_keep, config.prune.round_to)
+        self.constraints = Constraints(config.prune.min_keep_fraction, config.prune.min_keep, config.prune.round_to,
+                                       config.prune.max_remove_fraction)
         if config.criterion.split == "channels" and config.criterion.path != "channel":
             raise SingeError("config criterion.split=channels needs criterion.path=channel")
         self.fault = fault_from_env()
@@ -256,7 +257,23 @@ class PruneJob:
     def _skipped(self) -> int:
         return int(self.col.all_reduce_sum(torch.tensor([float(self.streams.skipped())], dtype=torch.float64))[0])
 
-    def _relevance(self, model: nn.Module, step: int) -> tuple[list, dict[str, torch.Tensor]]:
+    def _recalibrate(self, model: nn.Module, step: int) -> None:
+        """Re-estimate BatchNorm statistics after a removal (``prune.bn_batches``), identical on every rank."""
+        if self.config.prune.bn_batches:
+            batches = self.streams.calibration(step, self.config.prune.bn_batches)
+            recalibrate_batchnorm(model, batches, self.col.all_reduce_sum)
+
+    def _teacher(self) -> nn.Module:
+        """The unpruned model to distil from: the configured baseline, frozen, on this rank's device."""
+        cfg = self.config.model
+        if cfg.checkpoint is None:
+            raise SingeError("config finetune.distill_weight > 0 needs model.checkpoint: the unpruned model to distil from")
+        teacher, _, _, _ = load_model(cfg.checkpoint, cfg.arch, cfg.num_classes)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher.to(self.device).eval()
+
+    def _relevance(self, model: nn.Module, step: int, sub: int = 0) -> tuple[list, dict[str, torch.Tensor]]:
         groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
         if not self.criterion.needs_data:
             scores = compute_relevance(model, groups, None, self.criterion)
@@ -268,7 +285,8 @@ class PruneJob:
             share = (self.col.rank, self.col.world_size)
         else:
             streams, share = self.streams, (0, 1)
-        batches = streams.calibration(step, self.config.criterion.calibration_batches)
+        batches = streams.calibration(step, self.config.criterion.calibration_batches) if sub == 0 else self._batches
+        self._batches = batches  # greedy sub-steps of one step re-score the same calibration batches
         sums = accumulate(model, groups, batches, self.criterion, channel_share=share)
         self._maybe_fail("relevance", step + 1)
         sums.load_flat(self.col.all_reduce_sum(sums.flatten()))
@@ -377,7 +395,8 @@ class PruneJob:
 
         try:
             train_steps(train_model, optimizer, stream, iters - start, cfg.lr, cfg.label_smoothing,
-                        first_step=start, total_steps=iters, on_step=on_step, amp=cfg.amp)
+                        first_step=start, total_steps=iters, on_step=on_step, amp=cfg.amp, teacher=self.teacher,
+                        distill_weight=cfg.distill_weight, temperature=cfg.distill_temperature)
         finally:
             progress.close()
         self._global_iter += iters
@@ -432,6 +451,7 @@ class PruneJob:
                            "original": {"macs": original.macs, "params": original.params}, "steps": [],
                            "wall_time_s": {"baseline_eval": 0.0, "relevance": 0.0, "finetune": 0.0, "eval": 0.0}}
         model = model.to(self.device)
+        self.teacher = self._teacher() if cfg.finetune.distill_weight > 0 else None
         self.tracker.start(flatten(cfg), {"model": cfg.model.arch, "criterion": cfg.criterion.name,
                                           "world_size": str(self.col.world_size), "resumed": str(bool(self.resume)),
                                           **self.tags})
@@ -457,19 +477,27 @@ class PruneJob:
             if position.step == t and position.pruned:  # resumed in the middle of this step's fine-tuning
                 row = self.report.pop("pending_row")
             else:
-                t0 = time.perf_counter()
-                groups, scores = self._relevance(model, t)
-                t_rel = time.perf_counter() - t0
-                target = self.budget.target(original, fractions[t])
-                selection = decide_and_remove(model, groups, scores, self.input_size, cfg.prune.metric, target,
-                                              self.constraints, cfg.prune.normalize_by_cost, original_sizes)
-                plan.steps.append(selection.channels)
-                assert_same_plan(self.col, plan)
+                t_rel, removed, target = 0.0, 0, 0.0
+                previous = fractions[t - 1] if t > 0 else 0.0
+                k = cfg.prune.substeps
+                for sub in range(k):  # greedy sub-steps: relevance re-estimated on what is left
+                    t0 = time.perf_counter()
+                    groups, scores = self._relevance(model, t, sub)
+                    t_rel += time.perf_counter() - t0
+                    target = self.budget.target(original, previous + (fractions[t] - previous) * (sub + 1) / k)
+                    selection = decide_and_remove(model, groups, scores, self.input_size, cfg.prune.metric, target,
+                                                  self.constraints, cfg.prune.normalize_by_cost, original_sizes,
+                                                  cfg.prune.allocation)
+                    plan.steps.append(selection.channels)
+                    assert_same_plan(self.col, plan)
+                    removed += sum(len(c) for c in selection.channels.values())
+                    t0 = time.perf_counter()
+                    self._recalibrate(model, t)
+                    walls["bn_recalibration"] = walls.get("bn_recalibration", 0.0) + time.perf_counter() - t0
                 fp = measure(model, self.input_size)
                 row = {"step": t + 1, "target_fraction": fractions[t],
                        "fraction_removed": 1 - fp.get(cfg.prune.metric) / original.get(cfg.prune.metric),
-                       "macs": fp.macs, "params": fp.params,
-                       "channels_removed": sum(len(c) for c in selection.channels.values()),
+                       "macs": fp.macs, "params": fp.params, "channels_removed": removed,
                        "relevance_s": t_rel, "budget_reached": selection.reached,
                        "target": target, "last_unit_cost": selection.last_unit_cost}
                 walls["relevance"] += t_rel

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,30 +61,67 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Re-estimate every BatchNorm's running mean and variance on ``batches`` (a cumulative average).
+def recalibrate_batchnorm(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches``; return the batches used.
 
     Removing channels changes the statistics of the layers after them, and running statistics from
-    before the removal can wreck the pruned network although its weights are fine; a few hundred
-    images of forward passes repair that without any training (see docs/BENCHMARKS.md, quality).
+    before the removal can wreck the pruned network although its weights are fine; a few batches of
+    forward passes repair that without any training (docs/BENCHMARKS.md, quality). As in
+    ``torch.optim.swa_utils.update_bn``, each layer's statistics are the average over batches of the
+    batch mean and unbiased batch variance, with the network in training mode for the pass (every
+    layer normalises with its batch statistics, so no layer depends on another's estimate). The
+    per-batch sums are float64 and ``all_reduce_sum`` (a collective's) adds those of every rank, so
+    all ranks set exactly the statistics one process would compute from all their batches. Only
+    ``running_mean`` and ``running_var`` change.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum, m.training) for m in norms]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    sums = {m: torch.zeros(2, m.num_features, dtype=torch.float64) for m in norms}
+
+    def capture(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]
+        sums[module][0] += x.mean(dims).cpu()
+        sums[module][1] += x.var(dims, unbiased=True).cpu()
+
+    saved = [(m, m.momentum, m.training, m.num_batches_tracked.clone()) for m in norms]
     was_training = model.training
-    model.eval()
+    handles = [m.register_forward_pre_hook(capture) for m in norms]
+    model.train()
     for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch weighs the same
-        m.train()
+        m.momentum = 0.0  # the module's own update leaves its statistics as they are; the hook measures
     device = next(model.parameters()).device
+    count = 0
     try:
         for x, _ in batches:
             model(x.to(device))
+            count += 1
     finally:
-        for m, momentum, training in saved:
+        for handle in handles:
+            handle.remove()
+        for m, momentum, training, tracked in saved:
             m.momentum = momentum
             m.train(training)
+            m.num_batches_tracked.copy_(tracked)
         model.train(was_training)
+    flat = torch.cat([sums[m].flatten() for m in norms] + [torch.tensor([float(count)], dtype=torch.float64)])
+    if all_reduce_sum is not None:
+        flat = all_reduce_sum(flat)
+    total = int(round(float(flat[-1])))
+    if total == 0:
+        raise SingeError("BatchNorm re-estimation read no batch: the calibration data is empty")
+    offset = 0
+    for m in norms:
+        n = m.num_features
+        m.running_mean.copy_((flat[offset : offset + n] / total).to(m.running_mean))
+        m.running_var.copy_((flat[offset + n : offset + 2 * n] / total).to(m.running_var))
+        offset += 2 * n
+    return total
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
@@ -107,6 +144,16 @@ def cosine_lr(base_lr: float, step: int, total: int, warmup: int = 0) -> float:
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean.
+
+    The ``T^2`` keeps its gradients on the scale of the cross-entropy's whatever the temperature.
+    """
+    t = temperature
+    return F.kl_div(F.log_softmax(student.float() / t, 1), F.log_softmax(teacher.float() / t, 1), log_target=True,
+                    reduction="batchmean") * (t * t)
+
+
 def train_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -118,11 +165,18 @@ def train_steps(
     total_steps: int | None = None,
     on_step: object | None = None,
     amp: bool = False,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
 ) -> float:
     """Run ``steps`` SGD iterations drawn from ``batches`` with a cosine schedule; return the mean loss.
 
-    ``amp``: bfloat16 autocast on GPU (no loss scaling needed); ignored on CPU.
+    ``amp``: bfloat16 autocast on GPU (no loss scaling needed); ignored on CPU. With a ``teacher``
+    (the unpruned model, in eval mode) and ``distill_weight = w``, the loss is
+    ``(1 - w) * CE + w * distillation_loss``: one teacher forward per batch.
     """
+    if teacher is not None:
+        teacher.eval()
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     total_steps = total_steps or steps
@@ -137,7 +191,12 @@ def train_steps(
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(lr, first_step + i, total_steps)
         with autocast:
-            loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            if teacher is not None and distill_weight > 0:
+                with torch.no_grad():
+                    target = teacher(x).float()
+                loss = (1 - distill_weight) * loss + distill_weight * distillation_loss(logits, target, temperature)
         if not torch.isfinite(loss):
             raise SingeError(f"non-finite training loss at iteration {first_step + i}: lower the learning rate or check the data")
         optimizer.zero_grad(set_to_none=True)

@@ -45,10 +45,12 @@ def decide_and_remove(
     constraints: Constraints = Constraints(),
     normalize_by_cost: bool = False,
     original_sizes: Mapping[str, int] | None = None,
+    allocation: str = "global",
 ) -> Selection:
     """Select the least relevant channels down to ``target`` and remove them from ``model`` in place."""
     cost = CostModel(model, groups, input_size)
-    selection = select_channels(scores, cost, metric, target, constraints, normalize_by_cost, original_sizes)
+    selection = select_channels(scores, cost, metric, target, constraints, normalize_by_cost, original_sizes,
+                                allocation)
     if selection.channels:
         apply_step(model, selection.channels, input_size)
     return selection
@@ -65,13 +67,20 @@ def prune_one_shot(
     constraints: Constraints = Constraints(),
     normalize_by_cost: bool = False,
     ignored_layers: Sequence[str] = (),
+    allocation: str = "global",
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[Plan, Selection]:
-    """Score every channel once and remove the whole budget in one step (no fine-tuning)."""
+    """Score every channel once and remove the whole budget in one step (no fine-tuning).
+
+    ``scores``: relevance computed earlier on this very model (one scoring serves many budgets).
+    """
     original = measure(model, input_size)
     groups = find_groups(model, example_input(model, input_size), ignored_layers)
-    scores = compute_relevance(model, groups, calibration, criterion)
+    if scores is None:
+        scores = compute_relevance(model, groups, calibration, criterion)
     selection = decide_and_remove(
-        model, groups, scores, input_size, budget.metric, budget.target(original), constraints, normalize_by_cost
+        model, groups, scores, input_size, budget.metric, budget.target(original), constraints, normalize_by_cost,
+        allocation=allocation,
     )
     plan = Plan(arch=arch, num_classes=num_classes, input_size=input_size, steps=[selection.channels])
     return plan, selection

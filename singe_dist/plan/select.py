@@ -4,7 +4,14 @@ Relevances of all groups are in the same units (an estimated loss increase for S
 are ranked globally, least relevant first, optionally per unit of cost saved. Removal proceeds in
 that order, skipping channels that would break a constraint, until the budget is met; the exact
 cost model makes it stop at the first channel that reaches the target, so the budget is met within
-one channel's cost. Ties are broken by (relevance, group id, channel index) so every rank of a
+one channel's cost.
+
+*Allocation* (how many channels each group loses) is a choice separate from the criterion (which
+channels): ``global`` ranks all channels of all groups together, optionally with a cap on the
+fraction any one group may lose (``max_remove_fraction``); ``uniform`` removes the same fraction of
+every group (within one removal unit) and lets the criterion choose only within each group. A
+criterion that scores channels one at a time can strip a layer whose channels are individually
+redundant but jointly essential; ``uniform`` and the cap keep that from happening. Ties are broken by (relevance, group id, channel index) so every rank of a
 distributed run takes the same decision from the same scores.
 """
 
@@ -32,14 +39,20 @@ class Constraints:
     min_keep_fraction: float = 0.1
     min_keep: int = 1
     round_to: int = 1
+    max_remove_fraction: float = 1.0  # at most this fraction of a group's original width removed
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.max_remove_fraction <= 1.0:
+            raise SingeError(f"max_remove_fraction must be in (0, 1], got {self.max_remove_fraction}")
         if not 0.0 <= self.min_keep_fraction < 1.0:
             raise SingeError(f"min_keep_fraction must be in [0, 1), got {self.min_keep_fraction}")
         if self.min_keep < 1:
             raise SingeError(f"min_keep must be >= 1, got {self.min_keep}")
         if self.round_to < 1:
             raise SingeError(f"round_to must be >= 1, got {self.round_to}")
+
+
+ALLOCATIONS = ("global", "uniform")
 
 
 @dataclass
@@ -83,13 +96,19 @@ def select_channels(
     constraints: Constraints = Constraints(),
     normalize_by_cost: bool = False,
     original_sizes: Mapping[str, int] | None = None,
+    allocation: str = "global",
 ) -> Selection:
     """Choose channels to remove until the model's ``metric`` ('macs' or 'params') is <= ``target``.
 
     ``scores`` maps group id to one relevance per channel of the current model (higher = keep).
+    ``allocation``: ``global`` orders removal units by score (per channel, or per unit of cost);
+    ``uniform`` by the fraction of the group's original width removed once the unit is gone, so
+    every group loses the same fraction and the scores only pick the channels inside a group.
     """
     if metric not in ("macs", "params"):
         raise SingeError(f"budget metric must be 'macs' or 'params', got {metric!r}")
+    if allocation not in ALLOCATIONS:
+        raise SingeError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     unknown = [g for g in scores if g not in cost._groups_of_layer]  # noqa: SLF001
     if unknown:
         raise SingeError(f"relevance names group {unknown[0]!r}, which the model does not have")
@@ -109,10 +128,19 @@ def select_channels(
         keep = max(constraints.min_keep, math.ceil(constraints.min_keep_fraction * reference))
         if constraints.round_to > 1:
             keep = max(constraints.round_to, math.ceil(keep / constraints.round_to) * constraints.round_to)
-        max_remove = max(0, size - keep)
+        removed_before = max(0, reference - size)
+        cap = math.floor(constraints.max_remove_fraction * reference + 1e-9) - removed_before
+        max_remove = max(0, min(size - keep, cap))
         unit_cost = per_channel[gid][0 if metric == "macs" else 1]
+        gone = removed_before
         for unit_score, members in _units(gid, s, constraints.round_to, max_remove):
-            key = unit_score / max(1, unit_cost * len(members)) if normalize_by_cost else unit_score / len(members)
+            gone += len(members)
+            if allocation == "uniform":
+                key = gone / reference
+            elif normalize_by_cost:
+                key = unit_score / max(1, unit_cost * len(members))
+            else:
+                key = unit_score / len(members)
             candidates.append((key, gid, min(members), members))
     candidates.sort(key=lambda c: (c[0], c[1], c[2]))
     # units of one group must go in order (each unit assumes the previous ones are gone)

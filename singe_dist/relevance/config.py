@@ -23,6 +23,7 @@ class CriterionConfig:
     norm: Literal[1, 2] = 2  # magnitude: L1 or L2 of the group's weights
     seed: int = 0  # random
     max_rows: int = 256  # samples x path points evaluated in one forward/backward pass
+    prefix_reuse: bool = True  # run the network before a group's first consumer once per sample, not per row
 
     def __post_init__(self) -> None:
         choices = {

@@ -115,7 +115,14 @@ def _row_losses(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tenso
 
 
 class _PathEvaluator:
-    """Evaluates ``dL/dmu`` for many (sample, channel, path point) rows with per-sample gates."""
+    """Evaluates ``dL/dmu`` for many (sample, channel, path point) rows with per-sample gates.
+
+    *Prefix reuse*: the rows of one sample are identical until the group's first consumer, so that
+    prefix of the network runs once per distinct sample of a chunk; its output is repeated for the
+    rows at the input of an *expansion point*, the deepest module around the first consumer whose
+    input is all the rest of the network reads (found per group, and checked against the plain
+    evaluation on the first batch; a group with no such module is evaluated plainly).
+    """
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], config: CriterionConfig) -> None:
         self.model = model
@@ -123,6 +130,59 @@ class _PathEvaluator:
         self.config = config
         self.gates = Gates(groups)
         self.device = next(model.parameters()).device
+        self._points: dict[str, nn.Module | None] = {}  # group id -> expansion point (None: no reuse)
+        self._order: list[nn.Module] | None = None
+
+    def _call_order(self, x: torch.Tensor) -> list[nn.Module]:
+        """Modules in the order a forward pass calls them (one entry per call)."""
+        if self._order is None:
+            order: list[nn.Module] = []
+            handles = [m.register_forward_pre_hook(lambda mod, _args: order.append(mod)) for m in self.model.modules()]
+            try:
+                with torch.no_grad():
+                    self.model(x[:1])
+            finally:
+                for h in handles:
+                    h.remove()
+            self._order = order
+        return self._order
+
+    def expansion_point(self, group: ChannelGroup, x, y, teacher) -> nn.Module | None:  # noqa: ANN001
+        """The module at whose input a group's rows are expanded, or None; found once per group."""
+        if group.id in self._points:
+            return self._points[group.id]
+        self._points[group.id] = None
+        if not self.config.prefix_reuse or len(x) < 2:
+            return None
+        order = self._call_order(x)
+        consumers = {m.module for m in group.consumers}
+        first = next((m for m in order if m in consumers), None)
+        if first is None:
+            return None
+        names = {m: n for n, m in self.model.named_modules()}
+        modules = dict(self.model.named_modules())
+        name = names[first]
+        candidates = []
+        while name:
+            candidates.append(modules[name])
+            name = name.rpartition(".")[0]
+        # a trial on two samples with two rows each and random gates: the reuse must give the plain gradients
+        gen = torch.Generator().manual_seed(0)
+        sample = torch.tensor([0, 0, 1, 1], device=self.device)
+        gate = torch.rand(4, group.size, generator=gen).to(self.device)
+        plain = self.rows(x, y, teacher, sample, {group.id: gate.clone()})[group.id]
+        scale = float(plain.abs().max()) or 1.0
+        for module in candidates:
+            if order.count(module) != 1:
+                continue
+            try:
+                trial = self.rows(x, y, teacher, sample, {group.id: gate.clone()}, expand_at=module)[group.id]
+            except RuntimeError:  # a tensor from the prefix is read after the point: shapes disagree
+                continue
+            if torch.allclose(trial, plain, rtol=1e-4, atol=1e-5 * scale):
+                self._points[group.id] = module
+                break
+        return self._points[group.id]
 
     def rows(
         self,
@@ -131,12 +191,27 @@ class _PathEvaluator:
         teacher: torch.Tensor | None,
         sample_idx: torch.Tensor,
         gate_values: dict[str, torch.Tensor],
+        expand_at: nn.Module | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Gradients of the summed loss of the rows with respect to each group's gate matrix."""
+        """Gradients of the summed loss of the rows with respect to each group's gate matrix.
+
+        ``expand_at``: run the network on the distinct samples and repeat them per row at this
+        module's input (prefix reuse); None runs every row through the whole network.
+        """
         for g in gate_values.values():
             g.requires_grad_(True)
-        with self.gates.active(gate_values):
-            logits = self.model(x[sample_idx])
+        handle = None
+        inputs = x[sample_idx]
+        if expand_at is not None:
+            distinct, inverse = torch.unique(sample_idx, return_inverse=True)
+            inputs = x[distinct]
+            handle = expand_at.register_forward_pre_hook(lambda _m, args: (args[0][inverse],) + tuple(args[1:]))
+        try:
+            with self.gates.active(gate_values):
+                logits = self.model(inputs)
+        finally:
+            if handle is not None:
+                handle.remove()
         losses = _row_losses(logits, y[sample_idx], None if teacher is None else teacher[sample_idx])
         total = losses.sum()
         if not torch.isfinite(total):
@@ -219,33 +294,36 @@ def _taylor_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums) -> Non
 
 
 def _group_path_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums) -> None:
-    """Each group walks its path with all its channels together: rows = (sample, point)."""
+    """Each group walks its path with all its channels together: rows = (sample, point), points fastest."""
     n, s_count = len(x), len(sums.points)
     mu = sums.points.to(ev.device, torch.float32)
     for g in ev.groups:
+        point_of_reuse = ev.expansion_point(g, x, y, teacher)
         for rows in _chunks(n * s_count, ev.config.max_rows):
-            sample, point = rows % n, rows // n
+            sample, point = rows // s_count, rows % s_count
             gate = mu[point.to(ev.device)].unsqueeze(1).expand(len(rows), g.size).contiguous()
-            grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate})[g.id].double().cpu()
+            grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate},
+                           expand_at=point_of_reuse)[g.id].double().cpu()
             sums.sums[g.id].index_add_(0, point, grad)
             sums.counts[g.id].index_add_(0, point, torch.ones(len(rows), g.size, dtype=torch.float64))
 
 
 def _channel_path_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums, share: tuple[int, int]) -> None:
-    """Each channel walks its own path, the others at mu = 1: rows = (sample, channel, point)."""
+    """Each channel walks its own path, the others at mu = 1: rows = (sample, channel, point), samples slowest."""
     n, s_count = len(x), len(sums.points)
     mu = sums.points.to(ev.device, torch.float32)
     rank, world = share
     for g in ev.groups:
         pairs = torch.arange(g.size * s_count)
         pairs = pairs[pairs % world == rank]  # pair p = channel * S + point
+        point_of_reuse = ev.expansion_point(g, x, y, teacher)
         for rows in _chunks(n * len(pairs), ev.config.max_rows):
-            sample, pair = rows % n, pairs[rows // n]
+            sample, pair = rows // len(pairs), pairs[rows % len(pairs)]
             channel, point = pair // s_count, pair % s_count
             gate = torch.ones(len(rows), g.size, device=ev.device)
             dev_r = torch.arange(len(rows), device=ev.device)
             gate[dev_r, channel.to(ev.device)] = mu[point.to(ev.device)]
-            grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate})[g.id]
+            grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate}, expand_at=point_of_reuse)[g.id]
             picked = grad[dev_r, channel.to(ev.device)].double().cpu()
             flat_sums = sums.sums[g.id].view(-1)  # (S, K) row-major: index = point * K + channel
             flat_counts = sums.counts[g.id].view(-1)
