@@ -116,6 +116,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SingeError(f"checkpoint {path} does not exist")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (PK..), older versions a pickle (protocol byte 0x80): anything else
+    # is some other file, whatever torch.load's unpickler would make of it
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        what = "an empty file" if not head else "neither a zip archive nor a pickle, as torch.save writes"
+        raise SingeError(f"checkpoint {path} is not a PyTorch checkpoint ({what})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file

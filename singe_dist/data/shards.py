@@ -108,10 +108,27 @@ class SkipCounter:
         return f"{self.samples} corrupt sample(s) and {self.shards} broken shard(s) skipped"
 
 
+def split_shard_list(source: str) -> list[str]:
+    """The entries of a shard list: separated by commas (outside braces, where a comma separates
+    alternatives: ``a-{x,y}.tar``) or by webdataset's ``::``. One entry: ``[source]``."""
+    parts, depth, current = [], 0, []
+    for char in source:
+        depth += (char == "{") - (char == "}")
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [entry.strip() for part in parts for entry in part.split("::") if entry.strip()]
+
+
 def expand_shards(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Shard URLs from a brace pattern or a list; local files must all exist (one-line SingeError if not)."""
+    """Shard URLs from a brace pattern, a list of them (``a.tar,b-{0..3}.tar``, or ``::``-separated) or a
+    sequence; local files must all exist (one-line SingeError if not)."""
     pattern = isinstance(source, (str, os.PathLike))
-    urls = wds.shardlists.expand_urls(os.fspath(source)) if pattern else [os.fspath(url) for url in source]
+    urls = [url for entry in split_shard_list(os.fspath(source)) for url in wds.shardlists.expand_urls(entry)] \
+        if pattern else [os.fspath(url) for url in source]
     if not urls:
         raise SingeError("no shards given")
     local = [url for url in urls if urlparse(url).scheme in ("", "file")]
