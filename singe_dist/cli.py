@@ -16,24 +16,34 @@ from pathlib import Path
 from singe_dist.errors import SingeError
 
 
+# flag -> CriterionConfig field; a flag left out takes the config's criterion section (--config/--set),
+# else the CriterionConfig default
+_CRITERION_FLAGS = {"criterion": "name", "path": "path", "steps": "steps", "rule": "rule", "reduce": "reduce",
+                    "loss": "loss", "norm": "norm", "seed": "seed", "max_rows": "max_rows"}
+
+
 def _add_criterion_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("criterion")
-    g.add_argument("--criterion", default="singe", choices=["singe", "taylor", "magnitude", "random"])
-    g.add_argument("--path", default="group", choices=["group", "channel"], help="SInGE removal path")
-    g.add_argument("--steps", type=int, default=8, help="SInGE quadrature points S")
-    g.add_argument("--rule", default="midpoint", choices=["midpoint", "trapezoid"])
-    g.add_argument("--reduce", default="signed", choices=["signed", "abs"])
-    g.add_argument("--loss", default="ce", choices=["ce", "kl"], help="cross-entropy or KL to the unpruned model")
-    g.add_argument("--norm", type=int, default=2, choices=[1, 2], help="magnitude: L1 or L2")
-    g.add_argument("--seed", type=int, default=0, help="random criterion seed")
-    g.add_argument("--max-rows", type=int, default=256, help="rows (samples x path points) per pass")
+    g = p.add_argument_group("criterion (default: the config's criterion section, else the values shown)")
+    g.add_argument("--criterion", default=None, choices=["singe", "taylor", "magnitude", "random"], help="(singe)")
+    g.add_argument("--path", default=None, choices=["group", "channel"], help="SInGE removal path (group)")
+    g.add_argument("--steps", type=int, default=None, help="SInGE quadrature points S (8)")
+    g.add_argument("--rule", default=None, choices=["midpoint", "trapezoid"], help="(midpoint)")
+    g.add_argument("--reduce", default=None, choices=["signed", "abs"], help="(signed)")
+    g.add_argument("--loss", default=None, choices=["ce", "kl"], help="cross-entropy or KL to the unpruned model (ce)")
+    g.add_argument("--norm", type=int, default=None, choices=[1, 2], help="magnitude: L1 or L2 (2)")
+    g.add_argument("--seed", type=int, default=None, help="random criterion seed (0)")
+    g.add_argument("--max-rows", type=int, default=None, help="rows (samples x path points) per pass (256)")
 
 
-def _criterion(args: argparse.Namespace):  # noqa: ANN202
+def _criterion(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN202
+    import dataclasses
+
     from singe_dist.relevance.criteria import CriterionConfig
 
-    return CriterionConfig(name=args.criterion, path=args.path, steps=args.steps, rule=args.rule, reduce=args.reduce,
-                           loss=args.loss, norm=args.norm, seed=args.seed, max_rows=args.max_rows)
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(CriterionConfig)} if base is not None else {}
+    values.update({field: getattr(args, flag) for flag, field in _CRITERION_FLAGS.items()
+                   if getattr(args, flag) is not None})
+    return CriterionConfig(**values)
 
 
 def cmd_relevance(args: argparse.Namespace) -> int:
@@ -47,25 +57,51 @@ def cmd_relevance(args: argparse.Namespace) -> int:
     from singe_dist.relevance.criteria import compute_relevance
     from singe_dist.relevance.groups import example_input, find_groups
 
-    config = _criterion(args)
-    model, arch, num_classes, _plan = load_model(args.checkpoint, args.model, args.num_classes)
-    size = args.image_size
-    if args.data != "digits":
-        raise SingeError(f"unknown data {args.data!r}: use 'digits'")
-    x, y = digits_tensors("train", size)
-    if args.samples <= 0:
+    job = _job_config(args) if (args.config or args.set) else None  # the job's model, shards and criterion
+    if args.samples is not None and args.samples <= 0:
         raise SingeError(f"--samples must be > 0, got {args.samples}")
-    x, y = x[: args.samples], y[: args.samples]
-    groups = find_groups(model, example_input(model, (3, size, size)), args.ignore)
+    config = _criterion(args, job.criterion if job else None)
+    checkpoint = args.checkpoint or (job.model.checkpoint if job else None)
+    if job is None:
+        model, arch, num_classes, _plan = load_model(args.checkpoint, args.model, args.num_classes)
+        size = args.image_size or 32
+        if args.data != "digits":
+            raise SingeError(f"unknown data {args.data!r}: use 'digits', or --config/--set with data.train shards")
+    else:
+        model, arch, num_classes, _plan = load_model(checkpoint,
+                                                     args.model or job.model.arch,
+                                                     args.num_classes or job.model.num_classes)
+        size = job.data.image_size
+        if args.image_size is not None and args.image_size != size:
+            raise SingeError(f"--image-size {args.image_size} differs from the config's data.image_size {size}: "
+                             "set data.image_size instead")
+    ignored = [*(job.model.ignored_layers if job else []), *args.ignore]
+    groups = find_groups(model, example_input(model, (3, size, size)), ignored)
     t0 = time.perf_counter()
-    batches = tensor_batches(x, y, args.batch_size) if config.needs_data else None
+    batches = None
+    if config.needs_data and job is None:
+        x, y = digits_tensors("train", size)
+        x, y = x[: args.samples or 256], y[: args.samples or 256]
+        batches = list(tensor_batches(x, y, args.batch_size or 64))
+    elif config.needs_data:  # fresh un-augmented batches of the job's training shards, as a pruning step reads
+        import math
+
+        from singe_dist.data.streams import DataStreams
+
+        job.data.batch_size = args.batch_size or job.data.batch_size
+        count = math.ceil(args.samples / job.data.batch_size) if args.samples else job.criterion.calibration_batches
+        batches = DataStreams(job.data, num_classes, seed=job.run.seed).calibration(0, count)
+        if args.samples:
+            batches = _first_samples(batches, args.samples)
+    samples = sum(len(b[1]) for b in batches) if batches else 0
     scores = compute_relevance(model, groups, batches, config)
     result = {
         "model": arch,
         "num_classes": num_classes,
-        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "checkpoint": str(checkpoint) if checkpoint else None,
         "criterion": config.__dict__,
-        "samples": len(x) if config.needs_data else 0,
+        "samples": samples,
+        "data": (job.data.train if job else args.data) if config.needs_data else None,
         "seconds": round(time.perf_counter() - t0, 3),
         "groups": {
             g.id: {
@@ -82,6 +118,17 @@ def cmd_relevance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_samples(batches: list, count: int) -> list:
+    """The first ``count`` samples of a list of (x, y) batches."""
+    kept, left = [], count
+    for x, y in batches:
+        if left <= 0:
+            break
+        kept.append((x[:left], y[:left]))
+        left -= len(y)
+    return kept
+
+
 def _job_config(args: argparse.Namespace):  # noqa: ANN202
     from singe_dist.config import load_config
 
@@ -91,7 +138,11 @@ def _job_config(args: argparse.Namespace):  # noqa: ANN202
 def cmd_prune(args: argparse.Namespace) -> int:
     """The main job in one process (Ray launches the same loop on every worker)."""
     config = _job_config(args)  # validate before the heavy imports: a typo fails in a second
+    args.run_dir = config.run.out_dir  # for the line an interrupted run prints (main)
+    from singe_dist.preflight import check_job_inputs
     from singe_dist.tracking.mlflow_tracker import make_tracker, ui_hint
+
+    check_job_inputs(config, args.resume)  # every input before the MLflow store, run directory or Ray exist
 
     if config.distributed.num_workers == 0:
         from singe_dist.engine.loop import PruneJob
@@ -99,11 +150,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         tracker = make_tracker(config)  # an unreachable tracking server fails here, before any work
         report = PruneJob(config, tracker=tracker, resume=args.resume).run()
     else:
-        from singe_dist.distributed.ray_launcher import run_on_ray
+        from singe_dist.distributed.ray_launcher import relays_output, run_on_ray
         from singe_dist.engine.loop import summary_table
 
         report = run_on_ray(config, resume=args.resume)
-        print(summary_table(report))
+        if not relays_output(config):  # else rank 0's own table was relayed already
+            print(summary_table(report))
     if config.tracking.enabled:
         lost = " (incomplete: tracking was lost mid-run, see tracking_lost in report.json)" \
             if report.get("tracking_lost") else ""
@@ -140,9 +192,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from singe_dist.demo import run_demo
+    from singe_dist.demo import demo_config, run_demo
 
-    run_demo(["run.overwrite=true", *args.set])
+    overrides = ["run.overwrite=true", *args.set]
+    args.run_dir = demo_config(overrides).run.out_dir  # for the line an interrupted demo prints (main)
+    run_demo(overrides)
     return 0
 
 
@@ -160,20 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("relevance", help="score every channel (per group) and write JSON")
     p.add_argument("--model", default=None, help="architecture name (see `singe-dist models`)")
     p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--checkpoint", default=None, help="checkpoint or state dict (loaded with weights_only=True)")
-    p.add_argument("--data", default="digits", help="calibration data: 'digits'")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--samples", type=int, default=256, help="calibration samples")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--ignore", action="append", default=[], help="module whose output channels stay (repeatable)")
-    p.add_argument("--out", default="relevance.json")
-    _add_criterion_args(p)
-    p.set_defaults(func=cmd_relevance)
-
     def job_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default=None, help="YAML job config (defaults for every missing key)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set prune.remove_fraction=0.3 (repeatable)")
+
+    p.add_argument("--checkpoint", default=None, help="checkpoint or state dict (loaded with weights_only=True); "
+                   "with --config/--set: default model.checkpoint")
+    p.add_argument("--data", default="digits", help="calibration data without --config/--set: 'digits' (with "
+                   "--config/--set: the job's data.train shards)")
+    p.add_argument("--image-size", type=int, default=None, help="digits only (32); a config's data.image_size")
+    p.add_argument("--samples", type=int, default=None, help="calibration samples (digits: 256; a config: "
+                   "criterion.calibration_batches x data.batch_size)")
+    p.add_argument("--batch-size", type=int, default=None, help="(digits: 64; a config: data.batch_size)")
+    p.add_argument("--ignore", action="append", default=[], help="module whose output channels stay (repeatable)")
+    p.add_argument("--out", default="relevance.json")
+    job_args(p)
+    _add_criterion_args(p)
+    p.set_defaults(func=cmd_relevance)
 
     p = sub.add_parser("prune", help="the main job: entwined SInGE pruning and fine-tuning")
     job_args(p)
@@ -205,13 +263,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues this run: how it was started, plus ``--resume``."""
+    import shlex
+
+    words = [w for w in argv if w != "--resume"]
+    if Path(sys.argv[0]).name == "prune.py" and words[:1] == ["prune"]:  # jobs/prune.py on a cluster
+        return shlex.join(["python", "jobs/prune.py", *words[1:]])
+    if words[:1] == ["demo"]:  # the demo's job is a prune run of jobs/configs/demo.yaml
+        sets = [w for i, w in enumerate(words) if i and (w.startswith("--set") or words[i - 1] == "--set")]
+        return shlex.join(["singe-dist", "prune", "--config", "jobs/configs/demo.yaml", *sets])
+    return shlex.join(["singe-dist", *words])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from singe_dist.interrupt import Interrupted, interruptible, resume_hint
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with interruptible():  # SIGINT and SIGTERM: the job's clean-up runs, then one line below
+            return int(args.func(args) or 0)
     except SingeError as exc:
         print(f"singe-dist {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else 2
+        name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+        run_dir = getattr(args, "run_dir", None)
+        hint = f": {resume_hint(run_dir, _resume_command(argv))}" if run_dir else ""
+        print(f"singe-dist {args.command}: stopped by {name}{hint}", file=sys.stderr, flush=True)
+        return 128 + signum
 
 
 if __name__ == "__main__":

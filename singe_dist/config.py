@@ -131,6 +131,7 @@ class DistributedConfig:
     storage_path: Optional[str] = None  # Ray Train storage (shared FS / s3:// on multi-node; default run dir)
     address: Optional[str] = None  # Ray cluster ("auto", "ray://..."); default: RAY_ADDRESS, else a local runtime
     timeout_s: int = 1800  # process-group (Gloo/NCCL) collective timeout
+    start_timeout_s: float = 300.0  # the worker group must start (and restart) within this, else the job stops
 
 
 @dataclass
@@ -181,6 +182,8 @@ class JobConfig:
         _check(self.distributed.cpus_per_worker > 0, "distributed.cpus_per_worker", "must be > 0",
                self.distributed.cpus_per_worker)
         _check(self.distributed.max_failures >= 0, "distributed.max_failures", "must be >= 0", self.distributed.max_failures)
+        _check(self.distributed.start_timeout_s > 0, "distributed.start_timeout_s", "must be > 0",
+               self.distributed.start_timeout_s)
         _check(self.distributed.torch_threads >= 0, "distributed.torch_threads", "must be >= 0", self.distributed.torch_threads)
         _check(self.tracking.connect_timeout_s > 0, "tracking.connect_timeout_s", "must be > 0",
                self.tracking.connect_timeout_s)

@@ -53,12 +53,12 @@ def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = pr
     log(f"[3/3] SInGE entwined pruning: {config.prune.remove_fraction:.0%} of {config.prune.metric} in "
         f"{config.prune.steps} steps on {where} -> {config.run.out_dir}")
     if workers:
-        from singe_dist.distributed.ray_launcher import run_on_ray
-
+        from singe_dist.distributed.ray_launcher import relays_output, run_on_ray
         from singe_dist.engine.loop import summary_table
 
-        report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)))
-        log("\n" + summary_table(report))
+        report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)), log=log)
+        if not relays_output(config):  # else rank 0's table was relayed already
+            log("\n" + summary_table(report))
     else:
         from singe_dist.tracking.mlflow_tracker import make_tracker
 

@@ -6,17 +6,34 @@ its own share of the shards, all-reduces relevance sums, checks that all ranks t
 fine-tunes with DDP. Checkpoints go through ``ray.train.report`` after every step; with
 ``FailureConfig(max_failures)`` Ray restarts a lost worker group, whose workers resume from the last
 reported checkpoint and end with the same plan as an uninterrupted run.
+
+Nothing waits silently: the driver watches the worker group start (``distributed.start_timeout_s``;
+workers check in through Ray's key-value store) and stops the job with one line naming the cause Ray
+reported; a restart that cannot start either is bounded the same way. SIGINT/SIGTERM stop the workers
+and a local Ray runtime within seconds (:mod:`singe_dist.interrupt`). Workers of the local runtime run
+in the driver's own Python environment: Ray's ``uv run`` propagation is switched off (it re-runs the
+driver's ``uv`` command line, relative path included, in every worker). The local runtime's workers do
+not print to the driver: rank 0's progress lines come back through the key-value store, so a run
+shows its own output and not Ray's.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from singe_dist.config import JobConfig, _build
+from singe_dist.data.shards import split_shard_list
 from singe_dist.engine.loop import CHECKPOINT_NAME, Position, prepare_run_dir
 from singe_dist.errors import SingeError
 
@@ -35,6 +52,12 @@ def _worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    token = loop_config.get("token")
+    if token:
+        _kv_put(f"{token}/started/{rank}", f"{os.getpid()}")
+    log: Callable[[str], None] = print
+    if token and loop_config.get("relay_log") and rank == 0:
+        log = _LogRelay(token)
     device = get_device()
     collective = TorchCollective(device)
     tracker = None
@@ -61,7 +84,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     job = PruneJob(config, collective, tracker=tracker, resume=resume, checkpoint_hook=report, run_dir_ready=True,
-                   log=print, tags=loop_config.get("tags"))
+                   log=log, tags=loop_config.get("tags"))
     try:
         job.run()
     finally:
@@ -79,24 +102,98 @@ def _check_resources(ray_module: Any, config: JobConfig, use_gpu: bool) -> None:
                          "lower distributed.num_workers or distributed.cpus_per_worker")
 
 
+_KV_NAMESPACE = "singe-dist"
+
+
+def _kv_put(key: str, value: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, value, namespace=_KV_NAMESPACE)
+
+
+def _kv_keys(prefix: str) -> list[str]:
+    from ray.experimental.internal_kv import _internal_kv_list
+
+    return sorted(k.decode() for k in _internal_kv_list(prefix, namespace=_KV_NAMESPACE))
+
+
+class _LogRelay:
+    """Rank 0's ``log`` on a local runtime: print to the worker's log file, and hand the line to the driver."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.count = 0
+
+    def __call__(self, message: str) -> None:
+        print(message, flush=True)
+        try:
+            _kv_put(f"{self.token}/log/{self.count:09d}", message)
+            self.count += 1
+        except Exception:  # noqa: BLE001 - progress lines must never stop the job
+            pass
+
+
+def _loopback_interface() -> str | None:
+    try:
+        names = [name for _i, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def _ray_environment(local: bool) -> None:
+    """Settings Ray reads when it is imported (so set before ``import ray``) and that its processes inherit.
+
+    * ``RAY_ENABLE_UV_RUN_RUNTIME_ENV=0``: under ``uv run`` (``make demo``), Ray would start every
+      worker with the driver's ``uv run`` command line inside a copy of the working directory
+      (``.bootstrap/bin/uv`` is not in that copy: workers never start) and build a virtualenv per
+      worker. Workers of the local runtime are children of this process and use its Python; on a
+      cluster the environment comes with the cluster (docs/CLUSTER.md).
+    * local runtime only: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps 127.0.0.1 as the node address
+      (else Ray swaps in the machine's address and binds its servers to all interfaces), Gloo uses the
+      loopback interface, and the Ray Train controller's polling is not echoed.
+    """
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        lo = _loopback_interface()
+        if lo:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", lo)
+    if "ray" in sys.modules:  # imported already (tests, notebooks): the constants were read at import
+        from ray._private import ray_constants
+
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+        if local and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+            ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> Any:
     """Connect to a Ray cluster (or start a local runtime) with a clear error when it is unreachable."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    _ray_environment(local=not address)
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "auto":
         _probe(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=True, configure_logging=False)
         else:
-            # a local runtime for laptops and tests: loopback only, no dashboard. Without this switch
-            # Ray replaces 127.0.0.1 by the machine's address and binds its servers to all interfaces.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False,
-                     _node_ip_address="127.0.0.1")
+            # a local runtime for laptops and tests: loopback only, no dashboard, workers' output not
+            # echoed (rank 0's progress is relayed, see _LogRelay). Ray announces the token auth it
+            # turns on for a new local cluster; that is the expected state, not news for the user.
+            quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         _node_ip_address="127.0.0.1")
+            finally:
+                quiet.setLevel(level)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SingeError(f"cannot connect to the Ray cluster at {address}: {first}") from None
@@ -118,21 +215,62 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         raise SingeError(f"cannot connect to the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None = None) -> dict[str, Any]:
-    """Launch the job on ``config.distributed.num_workers`` Ray Train workers; return the report."""
+def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Launch the job on ``config.distributed.num_workers`` Ray Train workers; return the report.
+
+    Raises :class:`SingeError` (one line) when the workers do not start within
+    ``distributed.start_timeout_s`` or fail beyond ``distributed.max_failures``, and
+    :class:`singe_dist.interrupt.Interrupted` after a SIGINT/SIGTERM, once workers (and a local
+    runtime) are stopped.
+    """
     import json
 
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from singe_dist.data.shards import expand_shards
+    from singe_dist.interrupt import interruptible, reinstall
 
     d = config.distributed
     for pattern in (config.data.train, config.data.val):  # a missing shard fails here, not on every worker
         expand_shards(pattern)
     _absolute_paths(config)  # workers run in a copy of the working directory, elsewhere
     run_dir = Path(config.run.out_dir)
-    ray = connect(d.address, local_cpus)
+    local = relays_output(config)
+    # Ray Train reads these in the driver and hands them to its controller: a worker group that cannot
+    # be placed (or re-placed after a loss) fails after start_timeout_s instead of retrying forever
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{d.start_timeout_s:g}"
+    if local:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")  # no dashboard to reconcile with
+    owned = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # else the caller's to stop
+    with interruptible():
+        t0 = time.perf_counter()
+        ray = connect(d.address, local_cpus)
+        reinstall()  # ray.init puts a C++ SIGTERM handler in place (stack trace, abort)
+        timings = {"ray_start_s": time.perf_counter() - t0}
+        try:
+            report = _fit(ray, config, resume, local, log, timings)
+        finally:
+            if owned:  # a local runtime ends with its processes; on a cluster, the controller and workers end
+                _stop_ray(ray)
+    report_path = run_dir / "report.json"
+    report["launch_s"] = {k: round(v, 2) for k, v in timings.items()}
+    try:  # the launcher's share of the wall time, beside the loop's phases
+        from singe_dist.atomic import atomic_write_text
+
+        atomic_write_text(report_path, json.dumps(report, indent=1))
+    except SingeError:
+        pass
+    return report
+
+
+def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[str], None],
+         timings: dict[str, float]) -> dict[str, Any]:
+    import json
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    d = config.distributed
+    run_dir = Path(config.run.out_dir)
     use_gpu = d.use_gpu == "true" or (d.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
     _check_resources(ray, config, use_gpu)
     if config.tracking.enabled:  # an unreachable tracking server fails here, not in a worker later
@@ -143,25 +281,174 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
             check_reachable(uri, config.tracking.connect_timeout_s, config.tracking.experiment)
     prepare_run_dir(run_dir, resume, config.run.overwrite)
     storage = d.storage_path or str(run_dir / "ray")
+    token = f"run-{uuid.uuid4().hex}"
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": _plain(config), "resume": resume, "tags": _driver_tags()},
+        train_loop_config={"config": _plain(config), "resume": resume, "tags": _driver_tags(), "token": token,
+                           "relay_log": local},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=d.timeout_s),
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": d.cpus_per_worker}),
         run_config=RunConfig(
             name=run_dir.name, storage_path=storage,
-            failure_config=FailureConfig(max_failures=d.max_failures),
+            # a worker group that cannot be (re)started is a controller failure: stop, do not retry forever
+            failure_config=FailureConfig(max_failures=d.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    # fit() runs in a thread, so this (main) thread keeps the signals and watches the start
+    thread = threading.Thread(target=fit, name="singe-dist-fit", daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    started = False
+    shown = 0
+    while thread.is_alive():
+        thread.join(0.5)
+        shown = _relay(token, shown, log)
+        if not started:
+            if len(_kv_keys(f"{token}/started/")) >= d.num_workers:
+                started = True
+                timings["workers_start_s"] = time.perf_counter() - t0
+            elif time.perf_counter() - t0 > d.start_timeout_s and thread.is_alive():
+                cause = _start_failure_cause(ray, local)
+                raise SingeError(f"the {d.num_workers} Ray Train workers did not start within "
+                                 f"distributed.start_timeout_s={d.start_timeout_s:g} s ({cause}); check that the "
+                                 "workers' Python environment starts (docs/CLUSTER.md) or raise the timeout")
+    _relay(token, shown, log)
+    error = outcome["error"] if "error" in outcome else outcome["result"].error
+    if error is not None:
+        if isinstance(error, SingeError) or not _is_training_failure(error):
+            raise error
+        raise SingeError(_failure_line(error, config)) from None
     report_path = run_dir / "report.json"
     if not report_path.is_file():
         raise SingeError(f"the Ray job ended without writing {report_path}")
     return json.loads(report_path.read_text())
+
+
+def _relay(token: str, shown: int, log: Callable[[str], None]) -> int:
+    """Print rank 0's progress lines that arrived since the last call; return how many were shown."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        keys = _kv_keys(f"{token}/log/")
+    except Exception:  # noqa: BLE001 - the runtime is going away
+        return shown
+    for key in keys[shown:]:
+        value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
+        if value is not None:
+            log(value.decode())
+    return max(shown, len(keys))
+
+
+def _stop_ray(ray: Any, grace: float = 20.0) -> None:
+    """Disconnect (a cluster: the controller this driver owns, and its workers, end) or stop the local
+    runtime (raylet, GCS and every worker). Bounded: a shutdown that hangs ends the process."""
+    done = threading.Event()
+
+    def shutdown() -> None:
+        try:
+            ray.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=shutdown, name="singe-dist-shutdown", daemon=True).start()
+    if not done.wait(grace):
+        print(f"singe-dist: Ray did not shut down within {grace:g} s; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+_FIRST_LINE = re.compile(r"SingeError: (.+)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    found = _FIRST_LINE.search(text)  # a user error raised in a worker keeps its own line
+    if found:
+        return found.group(1).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # a traceback's last line names the error; otherwise the first line does
+    if lines and lines[0].startswith("Traceback") or (len(lines) > 1 and lines[0].endswith(":")):
+        return lines[-1]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _is_training_failure(error: BaseException) -> bool:
+    """Ray Train's own report of a failed run (``fit()`` raises it, or returns it in ``result.error``)."""
+    try:
+        from ray.train.v2.api.exceptions import TrainingFailedError
+    except ImportError:  # pragma: no cover - Ray Train v1
+        return hasattr(error, "worker_failures")
+    return isinstance(error, TrainingFailedError)
+
+
+def relays_output(config: JobConfig) -> bool:
+    """Whether :func:`run_on_ray` prints rank 0's lines itself (a local runtime), summary table included."""
+    return not (config.distributed.address or os.environ.get("RAY_ADDRESS"))
+
+
+def _failure_line(error: BaseException, config: JobConfig) -> str:
+    """One line for a failed Ray Train run: what Ray reported, and what to do."""
+    d = config.distributed
+    failures = getattr(error, "worker_failures", None)
+    cause = getattr(error, "controller_failure", None)
+    if cause is not None:
+        name = type(cause).__name__
+        if "Startup" in name:
+            return (f"the {d.num_workers} Ray Train workers could not be (re)started within "
+                    f"distributed.start_timeout_s={d.start_timeout_s:g} s (Ray: {name}: {_first_line(cause)}); "
+                    "check the cluster's free resources, or raise the timeout if it is scaling up")
+        return f"the Ray Train controller failed: {name}: {_first_line(cause)}"
+    if failures:
+        rank, exc = sorted(failures.items())[0]
+        line = _first_line(exc)
+        if _FIRST_LINE.search(str(exc)):  # the job's own error, not a lost worker: say it as it is
+            return line
+        restarts = f"after {d.max_failures} restart(s) (distributed.max_failures)" if d.max_failures else \
+            "(distributed.max_failures=0: no restart)"
+        return (f"the Ray workers failed {restarts}; rank {rank}: {type(exc).__name__}: {line}; "
+                f"fix the cause and continue from the last checkpoint with --resume")
+    return f"the Ray job failed: {type(error).__name__}: {_first_line(error)}"
+
+
+def _start_failure_cause(ray: Any, local: bool) -> str:
+    """What Ray said about workers that do not start: the local runtime's logs, else the actors' state."""
+    if local:
+        try:
+            from ray._private.worker import _global_node
+
+            logs = Path(_global_node.get_logs_dir_path())
+            found = _worker_start_errors(logs)
+            if found:
+                return f"Ray: {found}"
+        except Exception:  # noqa: BLE001 - best effort, the timeout itself is the news
+            pass
+    return "no worker process checked in; Ray reported no error to this driver"
+
+
+def _worker_start_errors(logs: Path) -> str | None:
+    """The last error of a worker process that died while starting, from the raylet's logs."""
+    lines: list[str] = []
+    for name in ("raylet.err", "raylet.out"):
+        path = logs / name
+        if path.is_file():
+            lines += path.read_text(errors="replace").splitlines()
+    died = [line for line in lines if "have not registered within the timeout" in line]
+    errors = [line.strip() for line in lines if re.search(r"No such file|not found|Permission denied|Error", line)
+              and "have not registered" not in line]
+    if errors:
+        return errors[-1][:300]
+    if died:
+        return re.sub(r"^\[[^]]*\]\s*", "", died[-1]).strip()[:300]
+    return None
 
 
 def _local(path: str) -> bool:
@@ -172,8 +459,9 @@ def _absolute_paths(config: JobConfig) -> None:
     """Make the config's local paths absolute against the driver's working directory."""
     absolute = lambda p: os.path.abspath(os.path.expanduser(p)) if p and _local(p) else p  # noqa: E731
     config.run.out_dir = absolute(config.run.out_dir)
-    config.data.train = absolute(config.data.train)
-    config.data.val = absolute(config.data.val)
+    shards = lambda s: ",".join(absolute(entry) for entry in split_shard_list(s))  # noqa: E731 - a list too
+    config.data.train = shards(config.data.train)
+    config.data.val = shards(config.data.val)
     config.model.checkpoint = absolute(config.model.checkpoint)
     config.distributed.storage_path = absolute(config.distributed.storage_path)
     uri = config.tracking.uri

@@ -1,0 +1,235 @@
+"""The Ray launcher as a user meets it: real drivers in real processes on a real local Ray runtime.
+
+* a driver started the way ``make demo`` starts it, through a bootstrapped ``.bootstrap/bin/uv run``
+  (uv not on PATH), gets its workers started (Ray's ``uv run`` propagation used to re-run that
+  relative command inside its copy of the working directory, where it does not exist: no worker ever
+  started and the driver waited forever);
+* workers that can never start end the job with one line, within ``distributed.start_timeout_s``;
+* SIGINT stops a running job within seconds, leaves no process behind and a checkpoint that
+  ``--resume`` completes into the plan of an uninterrupted run; the job's sockets are on loopback;
+* SIGTERM stops the in-process job the same way (exit 143).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
+
+from singe_dist.demo import DEMO_CONFIG
+from singe_dist.plan.plan import Plan
+
+from .conftest import small_job_overrides
+from .ray_head import REPO_ROOT, is_loopback, listening_tcp_sockets
+from .ray_hooks import MISSING_PYTHON
+
+pytestmark = pytest.mark.slow
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return sum((["--set", o] for o in overrides), [])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "VIRTUAL_ENV"))}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _real_uv() -> Path | None:
+    for candidate in (shutil.which("uv"), REPO_ROOT / ".bootstrap" / "bin" / "uv"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def test_a_driver_run_by_a_bootstrapped_uv_starts_its_workers(digits_shards, tmp_path) -> None:
+    uv = _real_uv()
+    if uv is None:
+        pytest.skip("no uv binary here (make test installs one)")
+    # a newcomer's checkout: the project's files, uv bootstrapped into the git-ignored .bootstrap/
+    clone = tmp_path / "clone"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("singe_dist", "jobs", "pyproject.toml", "uv.lock", "README.md", ".gitignore", ".python-version"):
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, clone / name, ignore=ignore)
+        elif source.is_file():
+            shutil.copy2(source, clone / name)
+    (clone / ".bootstrap" / "bin").mkdir(parents=True)
+    (clone / ".bootstrap" / "bin" / "uv").symlink_to(uv)
+    no_uv_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                 if p and not (Path(p) / "uv").exists())
+    env = _env(PATH=no_uv_path, UV_PROJECT_ENVIRONMENT=sys.prefix)  # the environment already synced
+    out_dir = tmp_path / "run"
+    sets = small_job_overrides(digits_shards, None, out_dir, distributed__num_workers=2,
+                               distributed__torch_threads=1, distributed__start_timeout_s=150)
+    # the Makefile's command line: `.bootstrap/bin/uv run --locked singe-dist ...`, relative path included
+    command = [".bootstrap/bin/uv", "run", "--locked", "--no-sync", "--offline", "singe-dist", "prune",
+               "--config", "jobs/configs/demo.yaml", *_sets(sets)]
+    proc = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True, timeout=420)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert (out_dir / "report.json").is_file() and (out_dir / "plan.json").is_file()
+    assert "step 2/2" in proc.stdout and "| final" in proc.stdout  # the job's own progress and table
+    for noise in (".bootstrap/bin/uv: No such file", "VIRTUAL_ENV", "(raylet)", "TrainController", "Traceback"):
+        assert noise not in output, noise
+
+
+def test_workers_that_cannot_start_end_the_job_with_one_line_in_bounded_time(digits_shards, tmp_path) -> None:
+    timeout = 15
+    sets = small_job_overrides(digits_shards, None, tmp_path / "run", distributed__num_workers=2,
+                               distributed__start_timeout_s=timeout)
+    # every Ray worker process is started with a Python that does not exist (tests/ray_hooks.py)
+    env = _env(RAY_RUNTIME_ENV_HOOK="tests.ray_hooks.missing_python")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *_sets(sets)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout + 240)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-4000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-4000:]
+    assert lines[0].startswith(f"singe-dist prune: error: the 2 Ray Train workers did not start within "
+                               f"distributed.start_timeout_s={timeout} s (Ray: "), lines[0]
+    assert MISSING_PYTHON in lines[0] and "No such file or directory" in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert elapsed < timeout + 150, elapsed  # Ray start-up and shutdown on a busy 2-core machine included
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """{pid: comm} of ``root`` and every live descendant."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1: stat.rindex(")")]
+            parents[int(entry.name)] = (int(stat[stat.rindex(")") + 2:].split()[1]), comm)
+    found = {root: parents.get(root, (0, "?"))[1]}
+    grew = True
+    while grew:
+        new = {pid: comm for pid, (ppid, comm) in parents.items() if ppid in found and pid not in found}
+        found.update(new)
+        grew = bool(new)
+    return {pid: comm for pid, comm in found.items() if _alive(pid)}
+
+
+def _wait_for(path: Path, pattern: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, path.read_text()):
+            return
+        assert proc.poll() is None, path.read_text()[-4000:]
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern!r} not seen within {timeout} s:\n{path.read_text()[-4000:]}")
+
+
+def _reference_rank(rank: int, init_file: str, overrides: list[str]) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from singe_dist.config import load_config
+    from singe_dist.engine.collective import TorchCollective
+    from singe_dist.engine.loop import PruneJob
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        PruneJob(load_config(DEMO_CONFIG, overrides), TorchCollective(torch.device("cpu")), log=lambda _m: None).run()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sigint_stops_a_ray_job_in_seconds_leaves_nothing_and_resume_ends_with_the_uninterrupted_plan(
+    digits_shards, digits_baseline, tmp_path
+) -> None:
+    def overrides(out_dir: Path) -> list[str]:
+        return small_job_overrides(digits_shards, digits_baseline, out_dir, prune__steps=3,
+                                   finetune__iters_per_step=30, distributed__num_workers=2,
+                                   distributed__torch_threads=1)
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *_sets(overrides(run_dir))]
+    log = tmp_path / "stdout.txt"
+    with log.open("w") as stdout:
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=stdout, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(log, r"step 2/3", proc, timeout=400)  # step 1 is done and checkpointed
+            processes = _descendants(proc.pid)
+            assert any(comm == "raylet" for comm in processes.values()), processes
+            assert sum("RayTrainWo" in comm for comm in processes.values()) == 2, processes
+            # the embedded runtime listens on loopback; the one exception is torch.distributed's
+            # rendezvous store on rank 0, which binds every interface (docs/RELIABILITY.md)
+            sockets = [(a, port, pid) for a, port, pid in listening_tcp_sockets() if pid in processes]
+            assert len(sockets) >= 5, sockets
+            exposed = [(a, port, processes[pid]) for a, port, pid in sockets if not is_loopback(a)]
+            assert len(exposed) <= 1 and all("RayTrainWo" in comm for _a, _p, comm in exposed), exposed
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=60)
+            stopped_in = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    output = log.read_text() + err
+    assert proc.returncode == 130, output[-4000:]
+    assert stopped_in < 15, stopped_in
+    assert "Traceback" not in output and "SIGTERM received" not in output
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"singe-dist prune: stopped by SIGINT: the last checkpoint \S+checkpoint\.pt \(after step [12]\) "
+                        r"is intact: continue with `singe-dist prune .* --resume`", last), last
+    time.sleep(1)
+    left = {pid: comm for pid, comm in processes.items() if _alive(pid)}
+    assert not left, left
+    assert not (run_dir / "plan.json").exists()  # it really stopped mid-run
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert re.search(r"resuming \S+ at step [23]", resumed.stdout), resumed.stdout[-3000:]
+
+    reference_dir = tmp_path / "reference"
+    mp.spawn(_reference_rank, args=(str(tmp_path / "init"), overrides(reference_dir)), nprocs=2, join=True)
+    assert Plan.load(run_dir / "plan.json") == Plan.load(reference_dir / "plan.json")
+
+
+def test_sigterm_stops_the_in_process_job_with_one_line_and_exit_143(digits_shards, digits_baseline, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    sets = small_job_overrides(digits_shards, digits_baseline, run_dir, prune__steps=3, finetune__iters_per_step=200)
+    log = tmp_path / "stdout.txt"
+    with log.open("w") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG),
+                                 *_sets(sets)], cwd=REPO_ROOT, env=_env(), stdout=stdout, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            _wait_for(log, r"step 1/3", proc, timeout=120)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=30)
+            stopped_in = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 143, (log.read_text() + err)[-3000:]
+    assert stopped_in < 10, stopped_in
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"singe-dist prune: stopped by SIGTERM: the last checkpoint {run_dir / 'checkpoint.pt'} (after step 0) is intact")
