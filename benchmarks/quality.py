@@ -11,7 +11,8 @@ Protocol (fixed before any result was looked at; every criterion gets exactly th
 - **(i) Criterion alone: one-shot.** Each criterion scores the baseline once on the seed's
   calibration batches (the same images for every criterion); for every budget and allocation the
   baseline is pruned in one step, its BatchNorm statistics re-estimated on those batches (for every
-  criterion, so stale statistics do not decide), and evaluated without any training.
+  criterion, so stale statistics do not decide: docs/results/quality-bn.md shows what they do on the
+  digits), and evaluated without any training.
 - **(ii) After fine-tuning: entwined.** The job itself (``PruneJob``, in-process): ``--steps`` pruning
   steps with ``--iters`` fine-tune iterations after each (BN re-estimated after each removal), then
   ``--final-iters`` more. *Short budget*: top-1 after the last step's fine-tuning; *long budget*: after
@@ -52,6 +53,7 @@ class Criterion:
 
     label: str
     overrides: tuple[str, ...]
+    greedy: bool = False  # relevance re-estimated on what is left (one-shot: every GREEDY_EVERY of MACs removed)
 
     @property
     def channel_path(self) -> bool:
@@ -63,6 +65,11 @@ CRITERIA = {
     for c in (
         Criterion("singe group signed", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=signed")),
         Criterion("singe group abs", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=abs")),
+        Criterion("singe group signed greedy", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=signed",
+                                                "prune.substeps=3"), greedy=True),
+        Criterion("singe group signed replan", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=signed",
+                                                "criterion.replan=2")),
+        Criterion("taylor greedy", ("criterion.name=taylor", "prune.substeps=3"), greedy=True),
         Criterion("singe channel signed", ("criterion.name=singe", "criterion.path=channel", "criterion.reduce=signed")),
         Criterion("singe channel abs", ("criterion.name=singe", "criterion.path=channel", "criterion.reduce=abs")),
         Criterion("taylor", ("criterion.name=taylor",)),
@@ -71,6 +78,7 @@ CRITERIA = {
     )
 }
 ENTWINED_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].channel_path]
+GREEDY_EVERY = 0.1
 ALLOCATIONS = ("global", "uniform")
 
 
@@ -198,6 +206,7 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
             calibration = streams.calibration(0, args.calibration_batches)  # the engine's step-1 batches
             dev = DataStreams(job_config(args, data, seed, args.work / "unused", [], val="dev").data, 10, seed=seed,
                               training=False)
+            test_batches, dev_batches = list(streams.val()), list(dev.val())  # decoded once, evaluated many times
             model, _, _, _ = load_model(path)
             model = model.to(_device(args))
             crit = config.criterion
@@ -212,19 +221,57 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
             else:
                 scores = compute_relevance(model, groups, calibration, crit)
                 seconds = time.perf_counter() - t0
+            if CRITERIA[label].greedy:
+                greedy_one_shot(args, seed, label, path, config, cells, calibration, test_batches, dev_batches, store)
+                continue
             for allocation, fraction in cells:
                 pruned, _, _, _ = load_model(path)
                 pruned = pruned.to(_device(args))
-                prune_one_shot(pruned, config.model.arch, 10, size, None, config.criterion, Budget("macs", fraction),
-                               allocation=allocation, scores=scores)
-                stale = evaluate(pruned, streams.val()).top1
+                prune_one_shot(pruned, config.model.arch, 10, size, calibration, config.criterion,
+                               Budget("macs", fraction), allocation=allocation, scores=scores)
                 recalibrate_batchnorm(pruned, calibration)
                 row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
-                       "stale_bn_top1": stale, "top1": evaluate(pruned, streams.val()).top1,
-                       "dev_top1": evaluate(pruned, dev.val()).top1, "relevance_s": seconds}
+                       "top1": evaluate(pruned, test_batches).top1, "dev_top1": evaluate(pruned, dev_batches).top1, "relevance_s": seconds}
                 store.add("oneshot", row)
                 print(f"one-shot seed {seed} {label} {allocation} {fraction:.0%}: top-1 {row['top1']:.4f} "
-                      f"(stale BN {stale:.4f}, dev {row['dev_top1']:.4f}, relevance {seconds:.0f}s)", flush=True)
+                      f"(dev {row['dev_top1']:.4f}, relevance {seconds:.0f}s)", flush=True)
+
+
+def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_batches, dev_batches, store) -> None:  # noqa: ANN001
+    """One-shot removal in small greedy stages: every ``GREEDY_EVERY`` of the MACs, relevance is re-estimated
+    on the network that is left (BatchNorm re-estimated first), then the next stage is removed.
+
+    One trajectory per allocation serves every budget: the stages stop at each budget of ``cells``.
+    """
+    from singe_dist.checkpoint import load_model
+    from singe_dist.engine.train import evaluate, recalibrate_batchnorm
+    from singe_dist.plan.cost import measure
+    from singe_dist.plan.decide import decide_and_remove
+    from singe_dist.relevance.criteria import compute_relevance
+    from singe_dist.relevance.groups import example_input, find_groups
+
+    size = (3, config.data.image_size, config.data.image_size)
+    for allocation in dict.fromkeys(a for a, _ in cells):
+        wanted = sorted(f for a, f in cells if a == allocation)
+        stops = sorted({round(GREEDY_EVERY * i, 6) for i in range(1, int(wanted[-1] / GREEDY_EVERY) + 1)} | set(wanted))
+        model, _, _, _ = load_model(path)
+        model = model.to(_device(args))
+        original = measure(model, size).macs
+        original_sizes = {g.id: g.size for g in find_groups(model, example_input(model, size))}
+        t0 = time.perf_counter()
+        for fraction in stops:
+            groups = find_groups(model, example_input(model, size))
+            scores = compute_relevance(model, groups, calibration, config.criterion)
+            decide_and_remove(model, groups, scores, size, "macs", original * (1 - fraction), original_sizes=original_sizes,
+                              allocation=allocation)
+            recalibrate_batchnorm(model, calibration)
+            if fraction in wanted:
+                row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
+                       "top1": evaluate(model, test_batches).top1, "dev_top1": evaluate(model, dev_batches).top1,
+                       "relevance_s": time.perf_counter() - t0, "stages": stops.index(fraction) + 1}
+                store.add("oneshot", row)
+                print(f"one-shot seed {seed} {label} {allocation} {fraction:.0%}: top-1 {row['top1']:.4f} "
+                      f"(dev {row['dev_top1']:.4f}, {row['stages']} stages, {row['relevance_s']:.0f}s)", flush=True)
 
 
 def entwined(args: argparse.Namespace, data: dict[str, str], store: Store) -> None:
@@ -254,6 +301,92 @@ def entwined(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
               f"{fraction:.0%}: short {row['short_top1']:.4f}, long {row['long_top1']:.4f}", flush=True)
 
 
+def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction: float) -> str:
+    """Why a criterion wins or loses, on the seed's trained baseline and its calibration batches.
+
+    - *leave-one-out*: the measured loss increase of removing each channel alone (its gate at 0,
+      which equals removal), against each criterion's scores (Pearson and Spearman correlation);
+    - *joint removal*: at ``fraction`` of the MACs (global allocation), the loss increase the removed
+      set would cause if single-channel effects added up (the sum of their leave-one-out increases)
+      against the increase measured when they all go at once (BN re-estimated, as in part (i));
+    - *which layers*: the share of each stage's channels the criterion removes.
+    """
+    import copy
+
+    from scipy.stats import pearsonr, spearmanr
+
+    from singe_dist.checkpoint import load_model
+    from singe_dist.data.streams import DataStreams
+    from singe_dist.engine.train import evaluate, recalibrate_batchnorm
+    from singe_dist.plan.cost import CostModel
+    from singe_dist.plan.select import select_channels
+    from singe_dist.plan.plan import apply_step
+    from singe_dist.relevance.criteria import accumulate, compute_relevance
+    from singe_dist.relevance.groups import Gates, example_input, find_groups
+    from singe_dist.report import format_table
+
+    path, _ = baseline(args, data, seed)
+    config = job_config(args, data, seed, args.work / "unused", [])
+    size = (3, config.data.image_size, config.data.image_size)
+    calibration = DataStreams(config.data, 10, seed=seed).calibration(0, args.calibration_batches)
+    model, _, _, _ = load_model(path)
+    model.eval()
+    groups = find_groups(model, example_input(model, size))
+    gates = Gates(groups)
+
+    def calibration_loss(m: torch.nn.Module, gate: dict | None = None) -> float:
+        with torch.no_grad():
+            if gate is None:
+                return evaluate(m, calibration).loss
+            with gates.active({gid: g.expand(len(calibration[0][0]), -1) for gid, g in gate.items()}):
+                return evaluate(m, calibration).loss
+
+    base_loss = calibration_loss(model)
+    loo = {}
+    for g in groups:
+        row = torch.zeros(g.size, dtype=torch.float64)
+        for k in range(g.size):
+            gate = torch.ones(1, g.size)
+            gate[0, k] = 0.0
+            row[k] = calibration_loss(model, {g.id: gate}) - base_loss
+        loo[g.id] = row
+    flat_loo = torch.cat([loo[g.id] for g in groups]).numpy()
+    rows, strips = [], []
+    stages = {"stem + stage 1": ("conv1", "layer1"), "stage 2": ("layer2",), "stage 3": ("layer3",)}
+    for label in args.criteria:
+        crit = job_config(args, data, seed, args.work / "unused", [o for o in CRITERIA[label].overrides
+                                                                        if o.startswith("criterion.")]).criterion
+        if crit.name == "singe":
+            scores = accumulate(model, groups, calibration, crit).finalize(crit.reduce)
+        else:
+            scores = compute_relevance(model, groups, calibration, crit)
+        flat = torch.cat([scores[g.id] for g in groups]).numpy()
+        pruned = copy.deepcopy(model)
+        cost = CostModel(pruned, find_groups(pruned, example_input(pruned, size)), size)
+        chosen = select_channels(scores, cost, "macs", cost.macs * (1 - fraction)).channels
+        predicted = sum(float(loo[gid][idx].sum()) for gid, idx in chosen.items())
+        apply_step(pruned, chosen, size)
+        recalibrate_batchnorm(pruned, calibration)
+        measured = calibration_loss(pruned) - base_loss
+        rows.append([label, f"{pearsonr(flat, flat_loo)[0]:.3f}", f"{spearmanr(flat, flat_loo)[0]:.3f}",
+                     f"{predicted:.3f}", f"{measured:.3f}"])
+        share = []
+        for name, prefixes in stages.items():
+            members = [g for g in groups if g.id.startswith(prefixes)]
+            total = sum(g.size for g in members)
+            share.append(f"{sum(len(chosen.get(g.id, [])) for g in members) / total:.0%}")
+        strips.append([label, *share])
+    header = (f"seed {seed}, {args.calibration_batches}x{args.batch_size} calibration images, S={args.path_points}, "
+              f"calibration loss of the unpruned network {base_loss:.4f}; joint removal at {fraction:.0%} of the MACs, "
+              "global allocation")
+    return "\n\n".join([
+        header,
+        format_table(["criterion", "Pearson vs leave-one-out", "Spearman vs leave-one-out",
+                      "sum of leave-one-out increases of the removed set", "measured joint increase (BN re-estimated)"],
+                     rows),
+        format_table(["criterion", *[f"{name}: channels removed" for name in stages]], strips)])
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -279,10 +412,10 @@ def table(data: dict, criteria: list[str], allocations: list[str], fractions: li
                 if not one and not ent:
                     continue
                 rel = [r["relevance_s"] for r in one]
-                body.append([f"{fraction:.0%}", allocation, label, _cell(one, "stale_bn_top1"), _cell(one, "top1"),
+                body.append([f"{fraction:.0%}", allocation, label, _cell(one, "top1"),
                              _cell(ent, "short_top1"), _cell(ent, "long_top1"),
                              f"{statistics.fmean(rel):.1f}" if rel else "-", max(len(one), len(ent))])
-    return format_table(["MACs removed", "allocation", "criterion", "one-shot, stale BN", "one-shot, BN re-estimated",
+    return format_table(["MACs removed", "allocation", "criterion", "one-shot, BN re-estimated",
                          "entwined, short FT", "entwined, long FT", "one-shot relevance s", "seeds"], body)
 
 
@@ -349,6 +482,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write a PNG of top-1 versus MACs removed")
     parser.add_argument("--work", type=Path, help="shards, baselines and job folders (default: a temporary folder)")
     parser.add_argument("--merge", type=Path, nargs="+", help="only tabulate/plot the cells stored in these JSON files")
+    parser.add_argument("--diagnose", type=float, metavar="FRACTION",
+                        help="leave-one-out and joint-removal diagnosis on the first seed's baseline at FRACTION")
     parser.add_argument("--smoke", action="store_true", help="tiny settings on the bundled digits, for the test suite")
     args = parser.parse_args()
     if args.smoke:
@@ -371,6 +506,14 @@ def main() -> None:
         args.work.mkdir(parents=True, exist_ok=True)
         store = Store(args.out.with_suffix(".json") if args.out else None, args)
         data = prepare_data(args)
+        if args.diagnose is not None:
+            text = diagnose(args, data, args.seeds[0], args.diagnose)
+            print(text)
+            if args.out:
+                from singe_dist.atomic import atomic_write_text
+
+                atomic_write_text(args.out.with_suffix(".md"), text + "\n")
+            return
         if args.phase in ("oneshot", "all"):
             one_shot(args, data, store)
         if args.phase in ("entwined", "all"):

@@ -9,6 +9,10 @@ training-style (weight gradients too). The first ratio is the overhead of the me
 The channel path needs K x S passes of the batch per group (thousands for ResNet-18), so it is timed
 on a fixed share of its (channel, point) pairs; its ratio is per pass, like the others.
 
+``--prefix-reuse``: instead, time the channel and group paths with and without prefix reuse (the
+network before a group's first consumer run once per sample instead of once per row) on the same
+data and S, and check that the relevance is the same (target: <= 0.5x the time, equal to 1e-6).
+
     uv run python benchmarks/relevance_cost.py            # full
     uv run python benchmarks/relevance_cost.py --smoke    # seconds, for the test suite
 """
@@ -67,6 +71,7 @@ def main() -> None:
     parser.add_argument("--channel-share", type=int, default=64, help="time 1/N of the channel path's pairs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2, help="best of N timings")
+    parser.add_argument("--prefix-reuse", action="store_true", help="compare with and without prefix reuse")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     args = parser.parse_args()
     if args.smoke:
@@ -74,6 +79,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     num_classes = 10
+    if args.prefix_reuse:
+        prefix_reuse(args, num_classes)
+        return
     model = build_model(args.model, num_classes).eval()
     groups = find_groups(model, example_input(model, (3, args.size, args.size)))
     x = torch.randn(args.batch, 3, args.size, args.size)
@@ -110,6 +118,34 @@ def main() -> None:
           f"cpu={platform.processor() or platform.machine()} torch={torch.__version__}")
     print(format_table(["criterion", "passes", "rows", "method s", "frozen-weight passes s", "ratio",
                         "training passes s", "ratio"], table))
+
+
+def prefix_reuse(args: argparse.Namespace, num_classes: int) -> None:
+    """Relevance time with and without prefix reuse, same model, data and S; and the largest score difference."""
+    model = build_model(args.model, num_classes).eval()
+    groups = find_groups(model, example_input(model, (3, args.size, args.size)))
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, num_classes, (args.batch,))
+    rows = []
+    for path, share in (("group", (0, 1)), ("channel", (0, args.channel_share))):
+        timed, scores = {}, {}
+        for reuse in (False, True):
+            config = CriterionConfig(path=path, steps=args.steps, prefix_reuse=reuse)
+            best = float("inf")
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                sums = accumulate(model, groups, [(x, y)], config, channel_share=share)
+                best = min(best, time.perf_counter() - start)
+            timed[reuse], scores[reuse] = best, sums.sums  # a share of the pairs: compare the sums it filled
+        diff = max(float((scores[True][g] - scores[False][g]).abs().max() / scores[False][g].abs().max().clamp_min(1e-30))
+                   for g in scores[True])
+        label = path if share[1] == 1 else f"{path} (1/{share[1]} of pairs)"
+        rows.append([label, f"{timed[False]:.2f}", f"{timed[True]:.2f}", f"{timed[True] / timed[False]:.2f}x",
+                     f"{diff:.1e}"])
+    print(f"model={args.model} input={args.size}x{args.size} batch={args.batch} S={args.steps} groups={len(groups)} "
+          f"channels={sum(g.size for g in groups)} threads={args.threads} "
+          f"cpu={platform.processor() or platform.machine()} torch={torch.__version__}")
+    print(format_table(["path", "without reuse s", "with reuse s", "ratio", "max relative score difference"], rows))
 
 
 def _timed(fn) -> float:  # noqa: ANN001

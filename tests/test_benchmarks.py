@@ -32,6 +32,16 @@ def test_relevance_cost_smoke() -> None:
         assert float(row[3]) > 0 and row[5].endswith("x")
 
 
+def test_relevance_cost_prefix_reuse_smoke() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "relevance_cost.py"), "--smoke", "--prefix-reuse"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header[0] == "path" and [r[0].split(" (")[0] for r in body] == ["group", "channel"]
+    for row in body:
+        assert float(row[1]) > 0 and float(row[2]) > 0 and float(row[4]) <= 1e-6
+
+
 def test_quality_smoke(tmp_path: Path) -> None:
     """The quality benchmark: one-shot and entwined cells per criterion and allocation, stored, tabulated, plotted."""
     out = tmp_path / "quality"
@@ -41,12 +51,12 @@ def test_quality_smoke(tmp_path: Path) -> None:
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     header, _sep, *body = _table_rows(proc.stdout)
-    assert header[:5] == ["MACs removed", "allocation", "criterion", "one-shot, stale BN", "one-shot, BN re-estimated"]
+    assert header[:4] == ["MACs removed", "allocation", "criterion", "one-shot, BN re-estimated"]
     assert [(r[1], r[2]) for r in body] == [(a, c) for a in ("global", "uniform")
                                             for c in ("singe group signed", "taylor", "magnitude L2")]
     for row in body:
         assert row[0] == "50%"
-        for cell in row[3:7]:
+        for cell in row[3:6]:
             mean, spread = (float(v) for v in cell.split(" ± "))
             assert 0.0 <= mean <= 1.0 and spread == 0.0  # one seed: no spread
     stored = json.loads(out.with_suffix(".json").read_text())

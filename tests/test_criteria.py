@@ -209,3 +209,25 @@ def test_prefix_reuse_gives_the_same_relevance(arch: str, path: str) -> None:
     names = {m: n for n, m in model.named_modules()}
     assert all(p is not None for p in points.values())
     assert names[points["conv1"]].startswith("layer")  # the stem's stream: everything up to the first block is shared
+
+
+def test_planned_path_shares_add_up_to_the_joint_removal(trained_digits_model, digits_data) -> None:
+    """Completeness on the path the step plans: the planned channels' shares sum to the loss of removing them all."""
+    from singe_dist.relevance.criteria import planned_path_sums, planned_scores
+
+    model = trained_digits_model
+    x, y = digits_data["train"][0][:128], digits_data["train"][1][:128]
+    groups = find_groups(model, example_input(model, (3, DIGITS_SIZE, DIGITS_SIZE)))
+    plan = {g.id: list(range(0, g.size, 3)) for g in groups[:3]}
+    shares = planned_scores(planned_path_sums(model, groups, [(x, y)], CriterionConfig(steps=32), plan), plan)
+    for g in groups:
+        planned = torch.zeros(g.size, dtype=torch.bool)
+        planned[plan.get(g.id, [])] = True
+        assert torch.isnan(shares[g.id][~planned]).all() and not torch.isnan(shares[g.id][planned]).any()
+    total = sum(float(shares[gid][idx].sum()) for gid, idx in plan.items())
+    pruned = copy.deepcopy(model)
+    apply_step(pruned, plan, (3, DIGITS_SIZE, DIGITS_SIZE))
+    with torch.no_grad():
+        intact = F.cross_entropy(model(x), y).item()
+        removed = F.cross_entropy(pruned.eval()(x), y).item()
+    assert abs(total - (removed - intact)) <= 0.02 * abs(removed - intact) + 1e-3, (total, removed - intact)

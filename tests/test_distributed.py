@@ -19,6 +19,7 @@ from singe_dist.data.digits import MEAN, STD
 from singe_dist.data.shards import shard_loader
 from singe_dist.data.transforms import eval_transform
 from singe_dist.engine.collective import LocalCollective, TorchCollective, assert_same_plan
+from singe_dist.engine.train import recalibrate_batchnorm
 from singe_dist.errors import SingeError
 from singe_dist.plan.plan import Plan
 from singe_dist.relevance.criteria import CriterionConfig, accumulate
@@ -51,12 +52,25 @@ def _relevance(checkpoint: str, val: str, name: str, rank: int, world: int, coll
     return sums.finalize("abs" if config.name == "taylor" else "signed")
 
 
+def _bn_batches(val: str, rank: int, world: int) -> list:
+    loader = shard_loader(val, mode="eval", num_classes=10, batch_size=48, num_workers=0, rank=rank, world_size=world,
+                          transform=eval_transform(DIGITS_SIZE, DIGITS_SIZE, MEAN, STD))
+    return list(loader)[:3]
+
+
+def _bn_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+
+
 def _worker(rank: int, world: int, init_file: str, checkpoint: str, val: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         collective = TorchCollective(torch.device("cpu"))
         results = {name: _relevance(checkpoint, val, name, rank, world, collective) for name in CONFIGS}
+        model, *_ = load_model(checkpoint)
+        recalibrate_batchnorm(model, _bn_batches(val, rank, world), collective.all_reduce_sum)
+        results["bn"] = _bn_statistics(model)
         plan = Plan("digits_resnet", 10, (3, 16, 16), [{"conv1": [0, 1]}])
         if rank == 1:
             plan.steps[0]["conv1"].append(2)  # a diverged rank
@@ -87,6 +101,19 @@ def test_two_workers_equal_one_worker(two_rank_results, digits_shards, digits_ba
         for gid, score in single.items():
             rel = float((rank_result[name][gid] - score).norm() / score.norm())
             assert rel < 1e-5, (name, gid, rel)
+
+
+def test_bn_reestimation_is_identical_on_every_rank_and_equals_one_process(two_rank_results, digits_shards,
+                                                                          digits_baseline) -> None:
+    """Each rank reads its own batches; the all-reduced statistics equal one process reading all of them."""
+    model, *_ = load_model(digits_baseline)
+    before = _bn_statistics(model)
+    recalibrate_batchnorm(model, _bn_batches(digits_shards["val"], 0, 2) + _bn_batches(digits_shards["val"], 1, 2))
+    single = _bn_statistics(model)
+    for key, value in single.items():
+        assert torch.equal(two_rank_results[0]["bn"][key], two_rank_results[1]["bn"][key]), key
+        assert torch.allclose(two_rank_results[0]["bn"][key], value, rtol=1e-5, atol=1e-6), key
+    assert any(not torch.allclose(before[k], single[k]) for k in single)  # the statistics did move
 
 
 def test_a_diverged_rank_is_caught_on_every_rank(two_rank_results) -> None:

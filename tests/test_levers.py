@@ -246,3 +246,23 @@ def test_cifar_resnets_have_the_published_sizes(arch: str, params: float) -> Non
     model = build_model(arch, 10)
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, abs=0.01)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_replan_rescores_the_plan_along_its_joint_path(trained_digits_model, digits_data) -> None:
+    """Re-planning keeps the budget and, here, changes the plan: channels cheap alone but costly together go."""
+    import copy
+
+    from singe_dist.plan.decide import Budget, prune_one_shot
+    from singe_dist.relevance.config import CriterionConfig
+
+    x, y = digits_data["train"][0][:128], digits_data["train"][1][:128]
+    plans = {}
+    for rounds in (0, 2):
+        model = copy.deepcopy(trained_digits_model)
+        plan, selection = prune_one_shot(model, "digits_resnet", 10, INPUT, [(x, y)],
+                                         CriterionConfig(steps=4, replan=rounds), Budget("macs", 0.6))
+        assert selection.reached
+        plans[rounds] = plan.steps[0]
+    assert plans[0] != plans[2]
+    with pytest.raises(SingeError, match="replan"):
+        CriterionConfig(name="taylor", replan=1)

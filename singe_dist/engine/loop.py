@@ -49,7 +49,7 @@ from singe_dist.plan.cost import measure
 from singe_dist.plan.decide import Budget, decide_and_remove
 from singe_dist.plan.plan import Plan, apply_plan
 from singe_dist.plan.select import Constraints
-from singe_dist.relevance.criteria import accumulate, compute_relevance
+from singe_dist.relevance.criteria import accumulate, compute_relevance, planned_path_sums, planned_scores
 from singe_dist.relevance.groups import example_input, find_groups
 from singe_dist.tracking.base import NullTracker, Tracker
 
@@ -262,6 +262,12 @@ class PruneJob:
         if self.config.prune.bn_batches:
             batches = self.streams.calibration(step, self.config.prune.bn_batches)
             recalibrate_batchnorm(model, batches, self.col.all_reduce_sum)
+
+    def _rescore(self, model: nn.Module, groups: list, plan: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+        """The planned channels' shares of the plan's joint removal (``criterion.replan``), all-reduced."""
+        sums = planned_path_sums(model, groups, self._batches, self.criterion, plan)
+        sums.load_flat(self.col.all_reduce_sum(sums.flatten()))  # ratios: the same whichever way ranks share data
+        return planned_scores(sums, plan)
 
     def _teacher(self) -> nn.Module:
         """The unpruned model to distil from: the configured baseline, frozen, on this rank's device."""
@@ -485,9 +491,10 @@ class PruneJob:
                     groups, scores = self._relevance(model, t, sub)
                     t_rel += time.perf_counter() - t0
                     target = self.budget.target(original, previous + (fractions[t] - previous) * (sub + 1) / k)
-                    selection = decide_and_remove(model, groups, scores, self.input_size, cfg.prune.metric, target,
-                                                  self.constraints, cfg.prune.normalize_by_cost, original_sizes,
-                                                  cfg.prune.allocation)
+                    selection = decide_and_remove(
+                        model, groups, scores, self.input_size, cfg.prune.metric, target, self.constraints,
+                        cfg.prune.normalize_by_cost, original_sizes, cfg.prune.allocation,
+                        rescore=lambda plan, g=groups: self._rescore(model, g, plan), rounds=cfg.criterion.replan)
                     plan.steps.append(selection.channels)
                     assert_same_plan(self.col, plan)
                     removed += sum(len(c) for c in selection.channels.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +12,7 @@ from singe_dist.errors import SingeError
 from singe_dist.plan.cost import CostModel, Footprint, measure
 from singe_dist.plan.plan import Plan, apply_step
 from singe_dist.plan.select import Constraints, Selection, select_channels
-from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
+from singe_dist.relevance.criteria import CriterionConfig, compute_relevance, planned_path_sums, planned_scores
 from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
 
 
@@ -46,11 +46,32 @@ def decide_and_remove(
     normalize_by_cost: bool = False,
     original_sizes: Mapping[str, int] | None = None,
     allocation: str = "global",
+    rescore: Callable[[dict[str, list[int]]], Mapping[str, torch.Tensor]] | None = None,
+    rounds: int = 0,
 ) -> Selection:
-    """Select the least relevant channels down to ``target`` and remove them from ``model`` in place."""
-    cost = CostModel(model, groups, input_size)
-    selection = select_channels(scores, cost, metric, target, constraints, normalize_by_cost, original_sizes,
-                                allocation)
+    """Select the least relevant channels down to ``target`` and remove them from ``model`` in place.
+
+    ``rescore`` and ``rounds``: re-plan ``rounds`` times. ``rescore(plan)`` scores the planned channels
+    by their share of the plan's *joint* removal (NaN outside the plan, see
+    :func:`~singe_dist.relevance.criteria.planned_path_sums`); planned channels take that score,
+    the others keep theirs, and the selection is made again. A channel that is cheap alone but
+    essential together with the rest of the plan is then traded for one that is not.
+    """
+    def select(current: Mapping[str, torch.Tensor]) -> Selection:
+        return select_channels(current, CostModel(model, groups, input_size), metric, target, constraints,
+                               normalize_by_cost, original_sizes, allocation)
+
+    selection = select(scores)
+    current = {gid: s.detach().double().cpu().clone() for gid, s in scores.items()}
+    for _ in range(rounds if rescore is not None else 0):
+        joint = rescore(selection.channels)
+        for gid, share in joint.items():
+            planned = ~torch.isnan(share)
+            current[gid][planned] = share[planned].double().cpu()
+        revised = select(current)
+        if revised.channels == selection.channels:
+            break
+        selection = revised
     if selection.channels:
         apply_step(model, selection.channels, input_size)
     return selection
@@ -78,9 +99,16 @@ def prune_one_shot(
     groups = find_groups(model, example_input(model, input_size), ignored_layers)
     if scores is None:
         scores = compute_relevance(model, groups, calibration, criterion)
+    rescore = None
+    if criterion.replan and calibration is not None:
+        batches = list(calibration)
+
+        def rescore(plan: dict[str, list[int]]) -> Mapping[str, torch.Tensor]:
+            return planned_scores(planned_path_sums(model, groups, batches, criterion, plan), plan)
+
     selection = decide_and_remove(
         model, groups, scores, input_size, budget.metric, budget.target(original), constraints, normalize_by_cost,
-        allocation=allocation,
+        allocation=allocation, rescore=rescore, rounds=criterion.replan,
     )
     plan = Plan(arch=arch, num_classes=num_classes, input_size=input_size, steps=[selection.channels])
     return plan, selection

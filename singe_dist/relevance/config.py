@@ -24,6 +24,7 @@ class CriterionConfig:
     seed: int = 0  # random
     max_rows: int = 256  # samples x path points evaluated in one forward/backward pass
     prefix_reuse: bool = True  # run the network before a group's first consumer once per sample, not per row
+    replan: int = 0  # rounds re-scoring a step's planned channels along their joint removal path (singe only)
 
     def __post_init__(self) -> None:
         choices = {
@@ -39,6 +40,8 @@ class CriterionConfig:
                 raise SingeError(f"criterion {key} must be one of {', '.join(map(str, allowed))}; got {getattr(self, key)!r}")
         if self.steps < 1 or (self.rule == "trapezoid" and self.steps < 2):
             raise SingeError(f"criterion steps must be >= 1 (>= 2 for trapezoid), got {self.steps}")
+        if self.replan < 0 or (self.replan and self.name != "singe"):
+            raise SingeError(f"criterion replan must be >= 0 and needs name=singe, got {self.replan} with {self.name}")
         if self.max_rows < 1:
             raise SingeError(f"criterion max_rows must be >= 1, got {self.max_rows}")
 

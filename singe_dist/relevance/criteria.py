@@ -19,7 +19,7 @@ so ``reduce="signed"`` is an estimate, in loss units, of the loss increase its r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
@@ -330,6 +330,75 @@ def _channel_path_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums, 
             index = point * g.size + channel
             flat_sums.index_add_(0, index, picked)
             flat_counts.index_add_(0, index, torch.ones(len(rows), dtype=torch.float64))
+
+
+def planned_path_sums(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    config: CriterionConfig,
+    planned: Mapping[str, Sequence[int]],
+) -> RelevanceSums:
+    """SInGE along the path to the removal a step plans: every planned channel of every group goes together.
+
+    The single-channel path answers "what does removing k alone cost"; a step removes many channels
+    at once, and channels that are each redundant can be jointly essential. Here all planned channels
+    walk from mu = 1 to mu = 0 together (the others stay at 1), and each one's integrated gradient is
+    its share of the *joint* loss increase: by completeness the shares of the plan add up to
+    ``L(plan removed) - L(intact)``. One pass per (sample, point) for all groups at once, so it costs
+    S passes per sample, a group path's cost for a single group. Sums and counts, like
+    :func:`accumulate` (ranks all-reduce them); :func:`planned_scores` turns them into scores.
+    """
+    points, weights = path_points(config.steps, config.rule)
+    sums = RelevanceSums.empty(groups, points, weights)
+    evaluator = _PathEvaluator(model, groups, config)
+    moving = {g.id: torch.as_tensor(list(planned.get(g.id, [])), dtype=torch.long) for g in groups}
+    moving = {gid: idx for gid, idx in moving.items() if len(idx)}
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    mu = points.to(evaluator.device, torch.float32)
+    by_id = {g.id: g for g in groups}
+    try:
+        for x, y in batches:
+            x, y = x.to(evaluator.device), y.to(evaluator.device)
+            teacher = None
+            if config.loss == "kl":
+                with torch.no_grad():
+                    teacher = model(x)
+            n, s_count = len(x), len(points)
+            for rows in _chunks(n * s_count, config.max_rows):
+                sample, point = rows // s_count, rows % s_count
+                gates = {}
+                for gid, idx in moving.items():
+                    gate = torch.ones(len(rows), by_id[gid].size, device=evaluator.device)
+                    gate[:, idx.to(evaluator.device)] = mu[point.to(evaluator.device)].unsqueeze(1)
+                    gates[gid] = gate
+                grads = evaluator.rows(x, y, teacher, sample.to(evaluator.device), gates)
+                for gid, grad in grads.items():
+                    sums.sums[gid].index_add_(0, point, grad.double().cpu())
+            for g in groups:
+                sums.counts[g.id] += n
+            sums.samples += n
+    finally:
+        model.train(was_training)
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+    if sums.samples == 0:
+        raise SingeError("calibration data is empty: no batch was read")
+    return sums
+
+
+def planned_scores(sums: RelevanceSums, planned: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Each planned channel's share of the joint loss increase; channels outside the plan get None's place: NaN."""
+    scores = sums.finalize("signed")
+    for gid, score in scores.items():
+        outside = torch.ones(len(score), dtype=torch.bool)
+        outside[torch.as_tensor(list(planned.get(gid, [])), dtype=torch.long)] = False
+        score[outside] = float("nan")  # they did not move on this path: no share to report
+    return scores
 
 
 def magnitude_scores(groups: Sequence[ChannelGroup], norm: int = 2) -> dict[str, torch.Tensor]:
