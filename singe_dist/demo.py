@@ -29,39 +29,55 @@ def demo_config(overrides: list[str] | None = None) -> JobConfig:
 
 
 def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo (``overrides`` as ``section.key=value``) and return the pruning report."""
+    """Run the demo (``overrides`` as ``section.key=value``) and return the pruning report.
+
+    With Ray workers, the local Ray runtime and the worker group start first and come up while this
+    process writes the shards and trains the baseline (two cores: one trains, one starts Ray).
+    """
     config = demo_config(overrides)
-    data_dir = Path(config.data.val).parent
-    if not Path(config.data.val).is_file():
-        log(f"[1/3] writing the digits as webdataset shards to {data_dir}")
-        digits_to_shards(data_dir, size=config.data.image_size, per_shard=1000)
-    else:
-        log(f"[1/3] digits shards found in {data_dir}")
     baseline = Path(config.model.checkpoint) if config.model.checkpoint else None
     if baseline is None:
         raise SingeError("the demo needs model.checkpoint (where the baseline is written)")
-    if not baseline.is_file():
-        log(f"[2/3] training the baseline {config.model.arch} ({config.train.iters} iterations)")
-        t0 = time.perf_counter()
-        base_config = load_config(DEMO_CONFIG, [*(overrides or []), "model.checkpoint=null"])
-        train_baseline(base_config, baseline, log)
-        log(f"      {time.perf_counter() - t0:.0f}s")
-    else:
-        log(f"[2/3] baseline found: {baseline}")
     workers = config.distributed.num_workers
-    where = f"{workers} Ray workers on a local Ray runtime" if workers else "this process"
-    log(f"[3/3] SInGE entwined pruning: {config.prune.remove_fraction:.0%} of {config.prune.metric} in "
-        f"{config.prune.steps} steps on {where} -> {config.run.out_dir}")
+
+    def prepare() -> None:
+        import torch
+
+        # one intra-op thread, like the workers (distributed.torch_threads): the other core starts Ray, and
+        # on small 2-core machines OpenMP's spin-waiting makes 2 threads slower than 1 (docs/BENCHMARKS.md)
+        torch.set_num_threads(config.distributed.torch_threads or 1)
+        data_dir = Path(config.data.val).parent
+        if not Path(config.data.val).is_file():
+            log(f"[1/3] writing the digits as webdataset shards to {data_dir}")
+            digits_to_shards(data_dir, size=config.data.image_size, per_shard=1000)
+        else:
+            log(f"[1/3] digits shards found in {data_dir}")
+        if not baseline.is_file():
+            log(f"[2/3] training the baseline {config.model.arch} ({config.train.iters} iterations)")
+            t0 = time.perf_counter()
+            base_config = load_config(DEMO_CONFIG, [*(overrides or []), "model.checkpoint=null"])
+            train_baseline(base_config, baseline, log)
+            log(f"      {time.perf_counter() - t0:.0f}s")
+        else:
+            log(f"[2/3] baseline found: {baseline}")
+        where = f"{workers} Ray workers on a local Ray runtime" if workers else "this process"
+        log(f"[3/3] SInGE entwined pruning: {config.prune.remove_fraction:.0%} of {config.prune.metric} in "
+            f"{config.prune.steps} steps on {where} -> {config.run.out_dir}")
+
     if workers:
         from singe_dist.distributed.ray_launcher import relays_output, run_on_ray
         from singe_dist.engine.loop import summary_table
 
-        report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)), log=log)
+        log(f"starting a local Ray runtime and {workers} Ray Train workers (they start while the data and the "
+            "baseline are prepared)")
+        report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)), log=log,
+                            prepare=prepare)
         if not relays_output(config):  # else rank 0's table was relayed already
             log("\n" + summary_table(report))
     else:
         from singe_dist.tracking.mlflow_tracker import make_tracker
 
+        prepare()
         report = PruneJob(config, tracker=make_tracker(config), resume=False, log=log).run()
     log(f"\nwrote {config.run.out_dir}/report.json, plan.json and pruned.pt")
     if config.tracking.enabled:

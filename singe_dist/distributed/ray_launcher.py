@@ -54,22 +54,27 @@ def _worker(loop_config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     token = loop_config.get("token")
     if token:
-        _kv_put(f"{token}/started/{rank}", f"{os.getpid()}")
+        _kv_put(f"{token}/started/{rank}", f"{time.time()}")  # when this worker began (for launch_s)
+    tracker = None
+    if rank == 0 and config.tracking.enabled:  # (MLflow's import and store set-up overlap the driver's prepare)
+        from singe_dist.tracking.mlflow_tracker import make_tracker
+
+        tracker = make_tracker(config, rank)
+    if token:
+        if loop_config.get("wait_for_go"):  # the driver prepares the inputs while this worker group started
+            from ray.experimental.internal_kv import _internal_kv_get
+
+            while _internal_kv_get(f"{token}/go", namespace=_KV_NAMESPACE) is None:
+                time.sleep(0.2)
     log: Callable[[str], None] = print
     if token and loop_config.get("relay_log") and rank == 0:
         log = _LogRelay(token)
     device = get_device()
     collective = TorchCollective(device)
-    tracker = None
-    if rank == 0 and config.tracking.enabled:
-        from singe_dist.tracking.mlflow_tracker import make_tracker
-
-        tracker = make_tracker(config, rank)
-
     resume: bool | Path = bool(loop_config["resume"])
     restored = ray.train.get_checkpoint()
     scratch = Path(tempfile.mkdtemp(prefix="singe-restore-"))
-    if restored is not None:  # a restart after a failure, or --resume of a Ray run: Ray's copy wins
+    if restored is not None:  # a restart after lost workers, within this launch: Ray's copy
         with restored.as_directory() as directory:
             shutil.copy2(Path(directory) / CHECKPOINT_NAME, scratch / CHECKPOINT_NAME)
         resume = scratch / CHECKPOINT_NAME
@@ -126,8 +131,8 @@ class _LogRelay:
 
     def __call__(self, message: str) -> None:
         print(message, flush=True)
-        try:
-            _kv_put(f"{self.token}/log/{self.count:09d}", message)
+        try:  # keys sort by time, also across a restarted worker group; the driver deletes what it printed
+            _kv_put(f"{self.token}/log/{time.time_ns():020d}-{os.getpid()}-{self.count:09d}", message)
             self.count += 1
         except Exception:  # noqa: BLE001 - progress lines must never stop the job
             pass
@@ -216,8 +221,11 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 
 
 def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None = None,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = print, prepare: Callable[[], None] | None = None) -> dict[str, Any]:
     """Launch the job on ``config.distributed.num_workers`` Ray Train workers; return the report.
+
+    ``prepare`` (the demo's shards and baseline) runs in a thread of its own while this one starts Ray
+    and the worker group; the workers begin the job once it has returned and the shards are checked.
 
     Raises :class:`SingeError` (one line) when the workers do not start within
     ``distributed.start_timeout_s`` or fail beyond ``distributed.max_failures``, and
@@ -230,8 +238,9 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     from singe_dist.interrupt import interruptible, reinstall
 
     d = config.distributed
-    for pattern in (config.data.train, config.data.val):  # a missing shard fails here, not on every worker
-        expand_shards(pattern)
+    if prepare is None:
+        for pattern in (config.data.train, config.data.val):  # a missing shard fails here, not on every worker
+            expand_shards(pattern)
     _absolute_paths(config)  # workers run in a copy of the working directory, elsewhere
     run_dir = Path(config.run.out_dir)
     local = relays_output(config)
@@ -243,11 +252,12 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     owned = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # else the caller's to stop
     with interruptible():
         t0 = time.perf_counter()
+        pending = _Background(prepare) if prepare is not None else None
         ray = connect(d.address, local_cpus)
         reinstall()  # ray.init puts a C++ SIGTERM handler in place (stack trace, abort)
         timings = {"ray_start_s": time.perf_counter() - t0}
         try:
-            report = _fit(ray, config, resume, local, log, timings)
+            report = _fit(ray, config, resume, local, log, timings, pending)
         finally:
             if owned:  # a local runtime ends with its processes; on a cluster, the controller and workers end
                 _stop_ray(ray)
@@ -263,8 +273,10 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
 
 
 def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[str], None],
-         timings: dict[str, float]) -> dict[str, Any]:
+         timings: dict[str, float], pending: _Background | None) -> dict[str, Any]:
     import json
+
+    from singe_dist.data.shards import expand_shards
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -285,12 +297,14 @@ def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"config": _plain(config), "resume": resume, "tags": _driver_tags(), "token": token,
-                           "relay_log": local},
+                           "relay_log": local, "wait_for_go": pending is not None},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=d.timeout_s),
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": d.cpus_per_worker}),
         run_config=RunConfig(
-            name=run_dir.name, storage_path=storage,
+            # a name per launch: Ray Train restores its own checkpoints only within this launch (lost workers);
+            # --resume reads the run directory's checkpoint.pt, the one the interrupted run named
+            name=f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}-{token[4:12]}", storage_path=storage,
             # a worker group that cannot be (re)started is a controller failure: stop, do not retry forever
             failure_config=FailureConfig(max_failures=d.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -306,23 +320,28 @@ def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[
 
     # fit() runs in a thread, so this (main) thread keeps the signals and watches the start
     thread = threading.Thread(target=fit, name="singe-dist-fit", daemon=True)
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     thread.start()
+    if pending is not None:
+        timings["prepare_s"] = pending.wait()
+        for pattern in (config.data.train, config.data.val):
+            expand_shards(pattern)
+        _kv_put(f"{token}/go", "1")
     started = False
-    shown = 0
     while thread.is_alive():
         thread.join(0.5)
-        shown = _relay(token, shown, log)
+        _relay(token, log)
         if not started:
-            if len(_kv_keys(f"{token}/started/")) >= d.num_workers:
+            checked_in = _kv_keys(f"{token}/started/")
+            if len(checked_in) >= d.num_workers:
                 started = True
-                timings["workers_start_s"] = time.perf_counter() - t0
+                timings["workers_start_s"] = _last_check_in(checked_in) - wall0
             elif time.perf_counter() - t0 > d.start_timeout_s and thread.is_alive():
                 cause = _start_failure_cause(ray, local)
                 raise SingeError(f"the {d.num_workers} Ray Train workers did not start within "
                                  f"distributed.start_timeout_s={d.start_timeout_s:g} s ({cause}); check that the "
                                  "workers' Python environment starts (docs/CLUSTER.md) or raise the timeout")
-    _relay(token, shown, log)
+    _relay(token, log)
     error = outcome["error"] if "error" in outcome else outcome["result"].error
     if error is not None:
         if isinstance(error, SingeError) or not _is_training_failure(error):
@@ -334,19 +353,51 @@ def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[
     return json.loads(report_path.read_text())
 
 
-def _relay(token: str, shown: int, log: Callable[[str], None]) -> int:
-    """Print rank 0's progress lines that arrived since the last call; return how many were shown."""
+class _Background:
+    """``work()`` in a daemon thread; :meth:`wait` (main thread, signals still delivered) re-raises its error."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self.t0 = time.perf_counter()
+        self.seconds = 0.0
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - handed to wait()
+                self.error = exc
+            self.seconds = time.perf_counter() - self.t0
+
+        self.thread = threading.Thread(target=run, name="singe-dist-prepare", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> float:
+        while self.thread.is_alive():
+            self.thread.join(0.5)
+        if self.error is not None:
+            raise self.error
+        return self.seconds
+
+
+def _last_check_in(keys: list[str]) -> float:
     from ray.experimental.internal_kv import _internal_kv_get
+
+    return max(float(_internal_kv_get(key, namespace=_KV_NAMESPACE) or 0) for key in keys)
+
+
+def _relay(token: str, log: Callable[[str], None]) -> None:
+    """Print (and delete) rank 0's progress lines that arrived since the last call."""
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
 
     try:
         keys = _kv_keys(f"{token}/log/")
-    except Exception:  # noqa: BLE001 - the runtime is going away
-        return shown
-    for key in keys[shown:]:
-        value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
-        if value is not None:
-            log(value.decode())
-    return max(shown, len(keys))
+        for key in keys:
+            value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
+            _internal_kv_del(key, namespace=_KV_NAMESPACE)
+            if value is not None:
+                log(value.decode())
+    except Exception:  # noqa: BLE001 - the runtime is going away: its last lines are in the workers' logs
+        return
 
 
 def _stop_ray(ray: Any, grace: float = 20.0) -> None:
