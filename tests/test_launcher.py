@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch.multiprocessing as mp
 
 from singe_dist.demo import DEMO_CONFIG
 from singe_dist.plan.plan import Plan
@@ -129,7 +130,25 @@ def _bootstrapped_clone(tmp_path: Path) -> tuple[Path, dict[str, str]] | None:
     return clone, _env(PATH=no_uv_path, UV_PROJECT_ENVIRONMENT=sys.prefix)
 
 
-def test_a_bootstrapped_uv_driver_starts_its_workers_and_sigint_then_resume_ends_with_its_plan(
+def _reference_rank(rank: int, init_file: str, overrides: list[str]) -> None:
+    """One rank of the uninterrupted reference: the same loop over a plain Gloo group (Ray only launches)."""
+    import torch
+    import torch.distributed as dist
+
+    from singe_dist.config import load_config
+    from singe_dist.engine.collective import TorchCollective
+    from singe_dist.engine.loop import PruneJob
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        PruneJob(load_config(DEMO_CONFIG, overrides), TorchCollective(torch.device("cpu")), log=lambda _m: None).run()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sigint_stops_a_ray_job_and_a_bootstrapped_uv_resume_ends_with_the_uninterrupted_plan(
     digits_shards, digits_baseline, tmp_path
 ) -> None:
     def overrides(out_dir: Path) -> list[str]:
@@ -137,30 +156,13 @@ def test_a_bootstrapped_uv_driver_starts_its_workers_and_sigint_then_resume_ends
                                    finetune__iters_per_step=30, distributed__num_workers=2,
                                    distributed__torch_threads=1, distributed__start_timeout_s=150)
 
-    # 1. uninterrupted, started as `make demo` starts the driver: `.bootstrap/bin/uv run --locked ...`
-    #    (Ray's uv-run propagation used to re-run that relative path in its copy of the working directory:
-    #    no worker ever started and the driver waited forever)
-    reference_dir = tmp_path / "reference"
-    clone = _bootstrapped_clone(tmp_path)
-    if clone is not None:
-        cwd, env = clone
-        command = [".bootstrap/bin/uv", "run", "--locked", "--no-sync", "--offline", "singe-dist", "prune"]
-    else:  # no uv binary here (make test always has one): the same job, started by this Python
-        cwd, env, command = REPO_ROOT, _env(), [sys.executable, "-m", "singe_dist.cli", "prune"]
-    proc = subprocess.run([*command, "--config", str(DEMO_CONFIG), *_sets(overrides(reference_dir))], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=420)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    assert "step 3/3" in proc.stdout and "| final" in proc.stdout  # the job's own progress and table
-    for noise in (".bootstrap/bin/uv: No such file", "VIRTUAL_ENV", "(raylet)", "TrainController", "Traceback"):
-        assert noise not in output, noise
-
-    # 2. the same job, interrupted by SIGINT after step 1
+    # 1. a job on 2 Ray Train workers of the local runtime, interrupted by SIGINT after step 1
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *_sets(overrides(run_dir))]
+    sets = _sets(overrides(run_dir))
     log = tmp_path / "stdout.txt"
     with log.open("w") as stdout:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=stdout, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *sets],
+                                cwd=REPO_ROOT, env=_env(), stdout=stdout, stderr=subprocess.PIPE, text=True)
         try:
             _wait_for(log, r"step 2/3", proc, timeout=400)  # step 1 is done and checkpointed
             processes = _descendants(proc.pid)
@@ -184,18 +186,35 @@ def test_a_bootstrapped_uv_driver_starts_its_workers_and_sigint_then_resume_ends
     assert stopped_in < 15, stopped_in
     assert "Traceback" not in output and "SIGTERM received" not in output
     last = err.strip().splitlines()[-1]
-    assert re.fullmatch(r"singe-dist prune: stopped by SIGINT: the last checkpoint \S+checkpoint\.pt \(after step [12]\) "
-                        r"is intact: continue with `singe-dist prune .* --resume`", last), last
+    found = re.fullmatch(r"singe-dist prune: stopped by SIGINT: the last checkpoint (\S+checkpoint\.pt) \(after step "
+                         r"([12])\) is intact: continue with `(singe-dist prune .* --resume)`", last)
+    assert found and found.group(1) == str(run_dir / "checkpoint.pt"), last
     time.sleep(1)
     left = {pid: comm for pid, comm in processes.items() if _alive(pid)}
     assert not left, left  # driver, GCS, raylet, agents, controller, workers: all gone
     assert not (run_dir / "plan.json").exists()  # it really stopped mid-run
 
-    # 3. --resume completes it, with the plan of the uninterrupted run
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
-    assert re.search(r"resuming \S+ at step [23]", resumed.stdout), resumed.stdout[-3000:]
+    # 2. the --resume, started as `make demo` starts its driver: `.bootstrap/bin/uv run --locked singe-dist ...`
+    #    with uv off PATH. Ray's uv-run propagation used to re-run that relative path inside its copy of the
+    #    working directory, where it does not exist: no worker ever started and the driver waited forever.
+    clone = _bootstrapped_clone(tmp_path)
+    if clone is not None:
+        cwd, env = clone
+        command = [".bootstrap/bin/uv", "run", "--locked", "--no-sync", "--offline", "singe-dist", "prune"]
+    else:  # no uv binary here (make test always has one): the same job, started by this Python
+        cwd, env, command = REPO_ROOT, _env(), [sys.executable, "-m", "singe_dist.cli", "prune"]
+    resumed = subprocess.run([*command, "--config", str(DEMO_CONFIG), *sets, "--resume"], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=420)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert f"resuming {run_dir} at step {int(found.group(2)) + 1}" in resumed.stdout, resumed.stdout[-3000:]
+    assert "step 3/3" in resumed.stdout and "| final" in resumed.stdout  # the job's own progress and table
+    for noise in (".bootstrap/bin/uv: No such file", "VIRTUAL_ENV", "(raylet)", "TrainController", "Traceback"):
+        assert noise not in output, noise
+
+    # 3. the plan of an uninterrupted 2-rank run of the same loop
+    reference_dir = tmp_path / "reference"
+    mp.spawn(_reference_rank, args=(str(tmp_path / "init"), overrides(reference_dir)), nprocs=2, join=True)
     assert Plan.load(run_dir / "plan.json") == Plan.load(reference_dir / "plan.json")
 
 
