@@ -154,7 +154,7 @@ def test_sigint_stops_a_ray_job_and_a_bootstrapped_uv_resume_ends_with_the_unint
     def overrides(out_dir: Path) -> list[str]:
         return small_job_overrides(digits_shards, digits_baseline, out_dir, prune__steps=3,
                                    finetune__iters_per_step=30, distributed__num_workers=2,
-                                   distributed__torch_threads=1, distributed__start_timeout_s=150)
+                                   distributed__torch_threads=1, distributed__start_timeout_s=300)
 
     # 1. a job on 2 Ray Train workers of the local runtime, interrupted by SIGINT after step 1
     run_dir = tmp_path / "run"
