@@ -240,3 +240,31 @@ def test_sigterm_stops_the_in_process_job_with_one_line_and_exit_143(digits_shar
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(
         f"singe-dist prune: stopped by SIGTERM: the last checkpoint {run_dir / 'checkpoint.pt'} (after step 0) is intact")
+
+
+def test_a_ray_run_that_fails_beyond_max_failures_is_one_line() -> None:
+    """What Ray Train hands back (the errors as Ray builds them), turned into the job's one line."""
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError, WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from singe_dist.config import load_config
+    from singe_dist.distributed.ray_launcher import _failure_line
+
+    config = load_config(DEMO_CONFIG, ["distributed.max_failures=1", "distributed.start_timeout_s=60"])
+    died = WorkerHealthCheckFailedError("A worker health check failed.", ActorDiedError())
+    line = _failure_line(WorkerGroupError("...", {1: died, 0: died}), config)
+    assert line == ("the Ray workers failed after 1 restart(s) (distributed.max_failures); rank 0: "
+                    "WorkerHealthCheckFailedError: A worker health check failed. (ActorDiedError: The actor died "
+                    "unexpectedly before finishing this task.); fix the cause and continue from the last checkpoint "
+                    "with --resume")
+    # the job's own error in a worker keeps its own line
+    own = RuntimeError("Traceback (most recent call last):\n  File ...\nsinge_dist.errors.SingeError: validation data "
+                       "changed during the run: 0 samples evaluated\n")
+    assert _failure_line(WorkerGroupError("...", {0: own}), config) == \
+        "validation data changed during the run: 0 samples evaluated"
+    # a worker group that cannot be placed again (every node lost), bounded by the start timeout
+    line = _failure_line(ControllerError(WorkerGroupStartupTimeoutError(2)), config)
+    assert line.startswith("the 2 Ray Train workers could not be (re)started within distributed.start_timeout_s=60 s "
+                           "(Ray: WorkerGroupStartupTimeoutError: The worker group startup timed out"), line
+    assert "\n" not in line

@@ -461,6 +461,9 @@ def _failure_line(error: BaseException, config: JobConfig) -> str:
     if failures:
         rank, exc = sorted(failures.items())[0]
         line = _first_line(exc)
+        inner = getattr(exc, "health_check_failure", None)  # a worker process that died: what Ray saw
+        if inner is not None:
+            line = f"{line} ({type(inner).__name__}: {_first_line(inner)})"
         if _FIRST_LINE.search(str(exc)):  # the job's own error, not a lost worker: say it as it is
             return line
         restarts = f"after {d.max_failures} restart(s) (distributed.max_failures)" if d.max_failures else \
