@@ -414,9 +414,9 @@ def table(data: dict, criteria: list[str], allocations: list[str], fractions: li
                 rel = [r["relevance_s"] for r in one]
                 body.append([f"{fraction:.0%}", allocation, label, _cell(one, "top1"),
                              _cell(ent, "short_top1"), _cell(ent, "long_top1"),
-                             f"{statistics.fmean(rel):.1f}" if rel else "-", max(len(one), len(ent))])
+                             f"{statistics.fmean(rel):.1f}" if rel else "-", f"{len(one)}/{len(ent)}"])
     return format_table(["MACs removed", "allocation", "criterion", "one-shot, BN re-estimated",
-                         "entwined, short FT", "entwined, long FT", "one-shot relevance s", "seeds"], body)
+                         "entwined, short FT", "entwined, long FT", "one-shot relevance s", "seeds (one-shot/entwined)"], body)
 
 
 def plot(data: dict, criteria: list[str], allocations: list[str], fractions: list[float], base: float,
@@ -444,6 +444,7 @@ def plot(data: dict, criteria: list[str], allocations: list[str], fractions: lis
                         xs.append(100 * f), ys.append(m), es.append(s)
                 if xs:
                     ax.errorbar(xs, ys, yerr=es, label=label, marker="o", capsize=3,
+                                color=f"C{criteria.index(label) % 10}",  # one colour per criterion in every panel
                                 linestyle="-" if label.startswith("singe") else "--")
             ax.axhline(base, color="grey", linewidth=0.8, label="unpruned (mean)")
             ax.set(title=f"{title} ({allocation})", xlabel="MACs removed (%)", ylabel="top-1 (test)")

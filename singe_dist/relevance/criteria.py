@@ -19,7 +19,8 @@ so ``reduce="signed"`` is an estimate, in loss units, of the loss increase its r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
@@ -244,12 +245,7 @@ def accumulate(
         points, weights = path_points(config.steps, config.rule)
     sums = sums or RelevanceSums.empty(groups, points, weights)
     evaluator = _PathEvaluator(model, groups, config)
-    was_training = model.training
-    requires = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
+    with _frozen(model):
         for x, y in batches:
             x, y = x.to(evaluator.device, non_blocking=True), y.to(evaluator.device, non_blocking=True)
             teacher = None
@@ -268,13 +264,25 @@ def accumulate(
             sums.samples += len(x)
             if progress is not None:
                 progress.update(len(x))  # type: ignore[attr-defined]
+    if sums.samples == 0:
+        raise SingeError("calibration data is empty: no batch was read")
+    return sums
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm on running statistics: the deployed function) and frozen weights, restored after."""
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
     finally:
         model.train(was_training)
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
-    if sums.samples == 0:
-        raise SingeError("calibration data is empty: no batch was read")
-    return sums
 
 
 def _chunks(n_rows: int, max_rows: int) -> Iterable[torch.Tensor]:
@@ -354,14 +362,9 @@ def planned_path_sums(
     evaluator = _PathEvaluator(model, groups, config)
     moving = {g.id: torch.as_tensor(list(planned.get(g.id, [])), dtype=torch.long) for g in groups}
     moving = {gid: idx for gid, idx in moving.items() if len(idx)}
-    was_training = model.training
-    requires = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     mu = points.to(evaluator.device, torch.float32)
     by_id = {g.id: g for g in groups}
-    try:
+    with _frozen(model):
         for x, y in batches:
             x, y = x.to(evaluator.device), y.to(evaluator.device)
             teacher = None
@@ -382,17 +385,13 @@ def planned_path_sums(
             for g in groups:
                 sums.counts[g.id] += n
             sums.samples += n
-    finally:
-        model.train(was_training)
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
     if sums.samples == 0:
         raise SingeError("calibration data is empty: no batch was read")
     return sums
 
 
 def planned_scores(sums: RelevanceSums, planned: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
-    """Each planned channel's share of the joint loss increase; channels outside the plan get None's place: NaN."""
+    """Each planned channel's share of the joint loss increase; NaN for channels outside the plan."""
     scores = sums.finalize("signed")
     for gid, score in scores.items():
         outside = torch.ones(len(score), dtype=torch.bool)
