@@ -148,6 +148,14 @@ def _reference_rank(rank: int, init_file: str, overrides: list[str]) -> None:
         dist.destroy_process_group()
 
 
+
+def _signal(proc: subprocess.Popen, sig: int, timeout: float) -> tuple[str, float]:
+    """Send ``sig``, wait for the process to end; its stderr and how long it took to stop."""
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=timeout)
+    return err, time.monotonic() - t0
+
 def test_sigint_stops_a_ray_job_and_a_bootstrapped_uv_resume_ends_with_the_uninterrupted_plan(
     digits_shards, digits_baseline, tmp_path
 ) -> None:
@@ -174,10 +182,7 @@ def test_sigint_stops_a_ray_job_and_a_bootstrapped_uv_resume_ends_with_the_unint
             assert len(sockets) >= 5, sockets
             exposed = [(a, port, processes[pid]) for a, port, pid in sockets if not is_loopback(a)]
             assert len(exposed) <= 1 and all("RayTrainWo" in comm for _a, _p, comm in exposed), exposed
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGINT)
-            _out, err = proc.communicate(timeout=60)
-            stopped_in = time.monotonic() - t0
+            err, stopped_in = _signal(proc, signal.SIGINT, timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -228,10 +233,7 @@ def test_sigterm_stops_the_in_process_job_with_one_line_and_exit_143(digits_shar
                                 text=True)
         try:
             _wait_for(log, r"step 1/3", proc, timeout=120)
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            _out, err = proc.communicate(timeout=30)
-            stopped_in = time.monotonic() - t0
+            err, stopped_in = _signal(proc, signal.SIGTERM, timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()

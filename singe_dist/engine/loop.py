@@ -257,15 +257,34 @@ class PruneJob:
     def _skipped(self) -> int:
         return int(self.col.all_reduce_sum(torch.tensor([float(self.streams.skipped())], dtype=torch.float64))[0])
 
+    def _calibration(self, streams: DataStreams, step: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``count`` calibration batches of ``step``, read and decoded once per step.
+
+        Relevance, re-planning and BN re-estimation of one step (and of its greedy sub-steps) read
+        prefixes of the same deterministic stream; only the current step's batches are kept.
+        """
+        key = (id(streams), step)
+        cached = self._calibration_cache.get(key, [])
+        if len(cached) < count:
+            cached = streams.calibration(step, count)
+            self._calibration_cache = {k: v for k, v in self._calibration_cache.items() if k[1] == step}
+            self._calibration_cache[key] = cached
+        return cached[:count]
+
+    def _relevance_streams(self) -> DataStreams:
+        """split=channels: every rank reads the same calibration batches (rank 0 of 1's stream)."""
+        return self._shared_streams if self.config.criterion.split == "channels" else self.streams
+
     def _recalibrate(self, model: nn.Module, step: int) -> None:
         """Re-estimate BatchNorm statistics after a removal (``prune.bn_batches``), identical on every rank."""
         if self.config.prune.bn_batches:
-            batches = self.streams.calibration(step, self.config.prune.bn_batches)
+            batches = self._calibration(self.streams, step, self.config.prune.bn_batches)
             recalibrate_batchnorm(model, batches, self.col.all_reduce_sum)
 
-    def _rescore(self, model: nn.Module, groups: list, plan: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    def _rescore(self, model: nn.Module, groups: list, plan: dict[str, list[int]], step: int) -> dict[str, torch.Tensor]:
         """The planned channels' shares of the plan's joint removal (``criterion.replan``), all-reduced."""
-        sums = planned_path_sums(model, groups, self._batches, self.criterion, plan)
+        batches = self._calibration(self._relevance_streams(), step, self.config.criterion.calibration_batches)
+        sums = planned_path_sums(model, groups, batches, self.criterion, plan)
         sums.load_flat(self.col.all_reduce_sum(sums.flatten()))  # ratios: the same whichever way ranks share data
         return planned_scores(sums, plan)
 
@@ -279,20 +298,15 @@ class PruneJob:
             p.requires_grad_(False)
         return teacher.to(self.device).eval()
 
-    def _relevance(self, model: nn.Module, step: int, sub: int = 0) -> tuple[list, dict[str, torch.Tensor]]:
+    def _relevance(self, model: nn.Module, step: int) -> tuple[list, dict[str, torch.Tensor]]:
         groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
         if not self.criterion.needs_data:
             scores = compute_relevance(model, groups, None, self.criterion)
             self._maybe_fail("relevance", step + 1)
             return groups, scores
         split_channels = self.config.criterion.split == "channels"
-        if split_channels:  # every rank reads the same calibration batches and takes a share of the channels
-            streams = self._shared_streams
-            share = (self.col.rank, self.col.world_size)
-        else:
-            streams, share = self.streams, (0, 1)
-        batches = streams.calibration(step, self.config.criterion.calibration_batches) if sub == 0 else self._batches
-        self._batches = batches  # greedy sub-steps of one step re-score the same calibration batches
+        share = (self.col.rank, self.col.world_size) if split_channels else (0, 1)  # channels shared out, or data
+        batches = self._calibration(self._relevance_streams(), step, self.config.criterion.calibration_batches)
         sums = accumulate(model, groups, batches, self.criterion, channel_share=share)
         self._maybe_fail("relevance", step + 1)
         sums.load_flat(self.col.all_reduce_sum(sums.flatten()))
@@ -431,6 +445,7 @@ class PruneJob:
             self._shared_streams = DataStreams(cfg.data, cfg.model.num_classes, 0, 1, cfg.run.seed)
         self.num_classes = cfg.model.num_classes
         self._resume_rng = None
+        self._calibration_cache: dict[tuple[int, int], list] = {}
         self._global_iter = 0
         opt_state = None
 
@@ -488,13 +503,13 @@ class PruneJob:
                 k = cfg.prune.substeps
                 for sub in range(k):  # greedy sub-steps: relevance re-estimated on what is left
                     t0 = time.perf_counter()
-                    groups, scores = self._relevance(model, t, sub)
+                    groups, scores = self._relevance(model, t)
                     t_rel += time.perf_counter() - t0
                     target = self.budget.target(original, previous + (fractions[t] - previous) * (sub + 1) / k)
                     selection = decide_and_remove(
                         model, groups, scores, self.input_size, cfg.prune.metric, target, self.constraints,
                         cfg.prune.normalize_by_cost, original_sizes, cfg.prune.allocation,
-                        rescore=lambda plan, g=groups: self._rescore(model, g, plan), rounds=cfg.criterion.replan)
+                        rescore=lambda plan, g=groups: self._rescore(model, g, plan, t), rounds=cfg.criterion.replan)
                     plan.steps.append(selection.channels)
                     assert_same_plan(self.col, plan)
                     removed += sum(len(c) for c in selection.channels.values())
