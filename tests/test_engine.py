@@ -104,6 +104,43 @@ def test_resume_in_the_middle_of_fine_tuning(digits_shards, digits_baseline, tmp
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_in_the_middle_of_fine_tuning_restores_every_random_generator(
+        digits_shards, digits_baseline, tmp_path, monkeypatch) -> None:
+    """torch's, numpy's and Python's generators continue where the mid-step checkpoint left them."""
+    import random
+
+    import numpy as np
+
+    import singe_dist.engine.loop as loop
+
+    draws: list[tuple[int, float, float, float]] = []
+    train_steps = loop.train_steps
+
+    def drawing_train_steps(*args, on_step, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def step(i: int, loss: float) -> None:  # one draw of each generator per iteration, before any checkpoint
+            draws.append((i, float(torch.rand(1)), float(np.random.random_sample()), random.random()))
+            on_step(i, loss)
+
+        return train_steps(*args, on_step=step, **kwargs)
+
+    monkeypatch.setattr(loop, "train_steps", drawing_train_steps)
+    extra = {"prune__steps": 1, "finetune__iters_per_step": 6, "run__checkpoint_every": 4, "finetune__final_iters": 0}
+    reference = _job(digits_shards, digits_baseline, tmp_path / "ref", **extra)
+    saved: list[bytes] = []
+    reference.checkpoint_hook = lambda path, position: saved.append(path.read_bytes()) \
+        if position.pruned and position.iteration == 4 else None
+    reference.run()
+    expected = [d for d in draws if d[0] >= 4]
+    assert saved and [d[0] for d in expected] == [4, 5]
+    draws.clear()
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "checkpoint.pt").write_bytes(saved[0])  # as if the job died at iteration 4 of step 1
+    config = load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, crashed, **extra))
+    PruneJob(config, resume=True, log=lambda _m: None).run()
+    assert draws == expected
+
+
 @pytest.mark.parametrize(
     "criterion",
     [

@@ -11,7 +11,8 @@ from typing import Any
 from singe_dist.checkpoint import load_model, save_checkpoint
 from singe_dist.config import JobConfig, flatten
 from singe_dist.data.streams import DataStreams
-from singe_dist.engine.loop import Progress, _seed_phase, pick_device
+from singe_dist.engine.loop import Progress, pick_device
+from singe_dist.engine.rng import seed_phase
 from singe_dist.engine.train import evaluate, make_optimizer, train_steps
 from singe_dist.plan.cost import measure
 from singe_dist.atomic import atomic_write_text
@@ -19,7 +20,7 @@ from singe_dist.atomic import atomic_write_text
 
 def train_baseline(config: JobConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config.model`` for ``config.train.iters`` iterations; write ``out`` and ``out``.json."""
-    _seed_phase(config.run.seed, -2, 0)
+    seed_phase(config.run.seed, -2, 0)
     device = pick_device(config.run.device, 0)
     streams = DataStreams(config.data, config.model.num_classes, seed=config.run.seed)
     model, arch, num_classes, plan = load_model(config.model.checkpoint, config.model.arch, config.model.num_classes)

@@ -16,7 +16,6 @@ import copy
 import io
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -41,6 +40,7 @@ from singe_dist.config import JobConfig, flatten
 from singe_dist.data.streams import DataStreams
 from singe_dist.engine.collective import Collective, LocalCollective, assert_same_plan
 from singe_dist.engine.latency import measure_latency
+from singe_dist.engine.rng import restore_rng, rng_state, seed_phase
 from singe_dist.engine.schedule import cumulative_fractions
 from singe_dist.engine.train import eval_sums, make_optimizer, recalibrate_batchnorm, result_from_sums, train_steps
 from singe_dist.errors import SingeError
@@ -134,18 +134,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                              "it or --set run.overwrite=true to replace it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": repr(random.getstate())}
-
-
-def _seed_phase(seed: int, step: int, rank: int) -> None:
-    """Every phase starts from a seed of its own: a resumed run replays the same randomness."""
-    s = (seed * 1_000_003 + step * 101 + rank) % (2**31)
-    torch.manual_seed(s)
-    np.random.seed(s)
-    random.seed(s)
 
 
 def read_job_checkpoint(source: Path, config: JobConfig) -> tuple[dict[str, Any], Plan, nn.Module, Position]:
@@ -329,7 +317,7 @@ class PruneJob:
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
                 "position": asdict(position),
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "report": json.dumps(self.report),
             }
             if closes_step is not None and self._fault_due("checkpoint", closes_step):
@@ -393,10 +381,10 @@ class PruneJob:
         start = position.iteration
         if start >= iters:
             return float("nan")
-        _seed_phase(self.config.run.seed, phase, self.col.rank)
+        seed_phase(self.config.run.seed, phase, self.col.rank)
         stream = self.streams.train(phase, skip=start)
-        if opt_state is not None and self._resume_rng is not None:
-            torch.set_rng_state(self._resume_rng)
+        if opt_state is not None and self._resume_rng is not None:  # mid-phase: every generator where it was
+            restore_rng(self._resume_rng)
         train_model = self.col.wrap(model)
         desc = f"fine-tune step {phase + 1}" if phase < self.config.prune.steps else "final fine-tune"
         progress = Progress(iters, desc, self.log, cfg.log_every, self.rank0)
@@ -439,7 +427,7 @@ class PruneJob:
                 self.log(f"removed {stale.name}, left by a write that was interrupted")
         self.col.barrier()
         self.device = pick_device(cfg.run.device, self.col.rank)
-        _seed_phase(cfg.run.seed, -1, 0)
+        seed_phase(cfg.run.seed, -1, 0)
         self.streams = DataStreams(cfg.data, cfg.model.num_classes, self.col.rank, self.col.world_size, cfg.run.seed)
         if cfg.criterion.split == "channels":  # the same calibration data on every rank (rank 0 of 1's stream)
             self._shared_streams = DataStreams(cfg.data, cfg.model.num_classes, 0, 1, cfg.run.seed)
@@ -461,7 +449,7 @@ class PruneJob:
             ckpt, plan, model, position = read_job_checkpoint(source, cfg)
             self.report = json.loads(ckpt["report"])
             opt_state = ckpt["optimizer"] if position.pruned else None
-            self._resume_rng = ckpt["rng"]["torch"]
+            self._resume_rng = ckpt["rng"]
             self._global_iter = sum(cfg.finetune.iters_per_step for _ in range(min(position.step, cfg.prune.steps)))
             self.log(f"resuming {self.run_dir} at step {position.step + 1}, iteration {position.iteration}")
         else:
