@@ -16,32 +16,40 @@ from pathlib import Path
 from singe_dist.errors import SingeError
 
 
-# flag -> CriterionConfig field; a flag left out takes the config's criterion section (--config/--set),
-# else the CriterionConfig default
-_CRITERION_FLAGS = {"criterion": "name", "path": "path", "steps": "steps", "rule": "rule", "reduce": "reduce",
-                    "loss": "loss", "norm": "norm", "seed": "seed", "max_rows": "max_rows"}
+# flag -> (CriterionConfig field, what it sets); a flag left out takes the config's criterion section
+# (--config/--set), else the CriterionConfig default. Choices and defaults come from relevance/config.py.
+_CRITERION_FLAGS = {
+    "criterion": ("name", ""),
+    "path": ("path", "SInGE removal path"),
+    "steps": ("steps", "SInGE quadrature points S"),
+    "rule": ("rule", ""),
+    "reduce": ("reduce", ""),
+    "loss": ("loss", "cross-entropy or KL to the unpruned model"),
+    "norm": ("norm", "magnitude: L1 or L2"),
+    "seed": ("seed", "random criterion seed"),
+    "max_rows": ("max_rows", "rows (samples x path points) per pass"),
+}
 
 
 def _add_criterion_args(p: argparse.ArgumentParser) -> None:
+    from singe_dist.relevance.config import CHOICES, DEFAULTS
+
     g = p.add_argument_group("criterion (default: the config's criterion section, else the values shown)")
-    g.add_argument("--criterion", default=None, choices=["singe", "taylor", "magnitude", "random"], help="(singe)")
-    g.add_argument("--path", default=None, choices=["group", "channel"], help="SInGE removal path (group)")
-    g.add_argument("--steps", type=int, default=None, help="SInGE quadrature points S (8)")
-    g.add_argument("--rule", default=None, choices=["midpoint", "trapezoid"], help="(midpoint)")
-    g.add_argument("--reduce", default=None, choices=["signed", "abs"], help="(signed)")
-    g.add_argument("--loss", default=None, choices=["ce", "kl"], help="cross-entropy or KL to the unpruned model (ce)")
-    g.add_argument("--norm", type=int, default=None, choices=[1, 2], help="magnitude: L1 or L2 (2)")
-    g.add_argument("--seed", type=int, default=None, help="random criterion seed (0)")
-    g.add_argument("--max-rows", type=int, default=None, help="rows (samples x path points) per pass (256)")
+    for flag, (name, what) in _CRITERION_FLAGS.items():
+        default = DEFAULTS[name]
+        choices = list(CHOICES[name]) if name in CHOICES else None
+        kind = type(default) if isinstance(default, int) else None
+        g.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, choices=choices, type=kind,
+                       help=f"{what} ({default})".lstrip())
 
 
 def _criterion(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN202
     import dataclasses
 
-    from singe_dist.relevance.criteria import CriterionConfig
+    from singe_dist.relevance.config import CriterionConfig
 
     values = {f.name: getattr(base, f.name) for f in dataclasses.fields(CriterionConfig)} if base is not None else {}
-    values.update({field: getattr(args, flag) for flag, field in _CRITERION_FLAGS.items()
+    values.update({name: getattr(args, flag) for flag, (name, _what) in _CRITERION_FLAGS.items()
                    if getattr(args, flag) is not None})
     return CriterionConfig(**values)
 
@@ -137,7 +145,7 @@ def _job_config(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """The main job in one process (Ray launches the same loop on every worker)."""
-    config = _job_config(args)  # validate before the heavy imports: a typo fails in a second
+    config = _job_config(args).check_job()  # validate before the heavy imports: a typo fails in a second
     args.run_dir = config.run.out_dir  # for the line an interrupted run prints (main)
     from singe_dist.preflight import check_job_inputs
     from singe_dist.tracking.mlflow_tracker import make_tracker, ui_hint

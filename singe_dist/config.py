@@ -190,6 +190,20 @@ class JobConfig:
         _check(0 < self.data.crop_scale_min <= 1, "data.crop_scale_min", "must be in (0, 1]", self.data.crop_scale_min)
         _check(len(self.data.mean) == 3 and len(self.data.std) == 3 and min(self.data.std) > 0, "data.mean/std",
                "must be three numbers each, std > 0", None)
+        # rules across keys (the criterion's own, e.g. replan needs name=singe, are CriterionConfig's)
+        _check(self.criterion.split != "channels" or self.criterion.path == "channel", "criterion.split=channels",
+               "needs criterion.path=channel", None)
+        return self
+
+    def check_job(self) -> JobConfig:
+        """:meth:`validate`, plus the rules only a pruning job needs (``train`` and ``eval`` ignore those
+        keys): checked before the job starts anything, so a Ray job refuses before any worker starts."""
+        self.validate()
+        ft = self.finetune
+        _check(ft.final_iters is not None or ft.final_epochs == 0 or self.data.train_samples is not None,
+               "finetune.final_epochs", "needs data.train_samples (or set finetune.final_iters)", None)
+        _check(ft.distill_weight == 0 or self.model.checkpoint is not None, "finetune.distill_weight > 0",
+               "needs model.checkpoint: the unpruned model to distil from", None)
         return self
 
 

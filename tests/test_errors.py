@@ -105,3 +105,42 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown model name 'resnet19'" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    (["criterion.split=channels"], ["criterion.split=channels needs criterion.path=channel"]),
+    (["criterion.replan=1", "criterion.name=taylor"], ["replan", "needs name=singe"]),
+])
+def test_rules_across_config_keys_refuse_when_the_config_loads(overrides: list[str], words: list[str]) -> None:
+    from singe_dist.config import load_config
+
+    with pytest.raises(SingeError) as exc:
+        load_config(None, overrides)
+    _one_line(exc, *words)
+    load_config(None, ["criterion.split=channels", "criterion.path=channel"])  # the rule, not the key, refuses
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    (["finetune.final_epochs=1"], ["finetune.final_epochs needs data.train_samples"]),
+    (["finetune.distill_weight=0.5", "finetune.final_iters=1"], ["finetune.distill_weight > 0 needs model.checkpoint"]),
+])
+def test_rules_a_pruning_job_adds_refuse_before_it_starts(overrides: list[str], words: list[str]) -> None:
+    from singe_dist.config import load_config
+
+    config = load_config(None, overrides)  # train and eval ignore these keys: the config itself loads
+    with pytest.raises(SingeError) as exc:
+        config.check_job()
+    _one_line(exc, *words)
+    load_config(None, [*overrides, "data.train_samples=100", "model.checkpoint=b.pt"]).check_job()
+
+
+@pytest.mark.parametrize("rule", [["criterion.split=channels"], ["finetune.distill_weight=0.5"]])
+def test_a_ray_job_breaking_a_rule_across_keys_refuses_before_ray_starts(tmp_path, rule: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    sets = sum((["--set", o] for o in ["distributed.num_workers=2", f"run.out_dir={run_dir}", *rule]), [])
+    proc = subprocess.run([sys.executable, "-c", "import sys; from singe_dist.cli import main; code = main(); "
+                           "assert 'ray' not in sys.modules, 'Ray was imported'; sys.exit(code)", "prune", *sets],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "singe-dist prune: error: config " in proc.stderr
+    assert not run_dir.exists()

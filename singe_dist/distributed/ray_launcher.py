@@ -237,6 +237,7 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     from singe_dist.data.shards import expand_shards
     from singe_dist.interrupt import interruptible, reinstall
 
+    config.check_job()  # a rule across keys refuses here, before Ray or any worker starts
     d = config.distributed
     if prepare is None:
         for pattern in (config.data.train, config.data.val):  # a missing shard fails here, not on every worker

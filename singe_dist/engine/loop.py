@@ -207,7 +207,7 @@ class PruneJob:
         file (Ray Train hands restarted workers the last one it stored). ``run_dir_ready``: a launcher
         already checked and created the run directory (Ray restarts must not trip the overwrite guard).
         """
-        self.config = config
+        self.config = config.check_job()
         self.col = collective or LocalCollective()
         self.rank0 = self.col.rank == 0
         self.tracker = tracker if (tracker is not None and self.rank0) else NullTracker()
@@ -222,8 +222,6 @@ class PruneJob:
         self.budget = Budget(config.prune.metric, config.prune.remove_fraction)
         self.constraints = Constraints(config.prune.min_keep_fraction, config.prune.min_keep, config.prune.round_to,
                                        config.prune.max_remove_fraction)
-        if config.criterion.split == "channels" and config.criterion.path != "channel":
-            raise SingeError("config criterion.split=channels needs criterion.path=channel")
         self.fault = fault_from_env()
 
     def log(self, message: str) -> None:
@@ -278,9 +276,7 @@ class PruneJob:
 
     def _teacher(self) -> nn.Module:
         """The unpruned model to distil from: the configured baseline, frozen, on this rank's device."""
-        cfg = self.config.model
-        if cfg.checkpoint is None:
-            raise SingeError("config finetune.distill_weight > 0 needs model.checkpoint: the unpruned model to distil from")
+        cfg = self.config.model  # model.checkpoint is set: JobConfig.check_job
         teacher, _, _, _ = load_model(cfg.checkpoint, cfg.arch, cfg.num_classes)
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -301,8 +297,7 @@ class PruneJob:
         if split_channels:  # the same samples were counted by every rank
             sums.samples //= self.col.world_size
             sums.loss_sum /= self.col.world_size
-        reduce = "abs" if self.criterion.name == "taylor" else self.criterion.reduce
-        return groups, sums.finalize(reduce)
+        return groups, sums.finalize(self.criterion.score_reduce)
 
     def _save(self, model: nn.Module, plan: Plan, position: Position, optimizer: torch.optim.Optimizer | None,
               closes_step: int | None = None) -> None:
@@ -562,9 +557,7 @@ class PruneJob:
             return ft.final_iters
         if ft.final_epochs == 0:
             return 0
-        if data.train_samples is None:
-            raise SingeError("config finetune.final_epochs needs data.train_samples (or set finetune.final_iters)")
-        per_iter = data.batch_size * self.col.world_size
+        per_iter = data.batch_size * self.col.world_size  # data.train_samples is set: JobConfig.check_job
         return max(1, round(ft.final_epochs * data.train_samples / per_iter))
 
     def _finish(self, model: nn.Module, plan: Plan, original_sizes: dict[str, int]) -> None:

@@ -1,13 +1,18 @@
-"""How relevance is computed: the criterion's settings, free of torch so configs load in a blink."""
+"""How relevance is computed: the criterion's settings, free of torch so configs load in a blink.
+
+The one definition of the criterion's names, choices and defaults: :class:`CriterionConfig`'s fields.
+The job config extends it (``config.CriterionSection``), the CLI builds its flags from :data:`CHOICES`
+and :data:`DEFAULTS`, and the engine asks :attr:`CriterionConfig.score_reduce` how scores are reduced.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from singe_dist.errors import SingeError
-
-CRITERIA = ("singe", "taylor", "magnitude", "random")
 
 
 @dataclass(frozen=True)
@@ -27,15 +32,7 @@ class CriterionConfig:
     replan: int = 0  # rounds re-scoring a step's planned channels along their joint removal path (singe only)
 
     def __post_init__(self) -> None:
-        choices = {
-            "name": CRITERIA,
-            "path": ("group", "channel"),
-            "rule": ("midpoint", "trapezoid"),
-            "reduce": ("signed", "abs"),
-            "loss": ("ce", "kl"),
-            "norm": (1, 2),
-        }
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise SingeError(f"criterion {key} must be one of {', '.join(map(str, allowed))}; got {getattr(self, key)!r}")
         if self.steps < 1 or (self.rule == "trapezoid" and self.steps < 2):
@@ -48,3 +45,20 @@ class CriterionConfig:
     @property
     def needs_data(self) -> bool:
         return self.name in ("singe", "taylor")
+
+    @property
+    def score_reduce(self) -> str:
+        """How the path derivatives become scores: Taylor is |first-order term| whatever ``reduce`` says."""
+        return "abs" if self.name == "taylor" else self.reduce
+
+
+def _choices() -> dict[str, tuple[Any, ...]]:
+    hints = typing.get_type_hints(CriterionConfig)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(CriterionConfig)
+            if typing.get_origin(hints[f.name]) is Literal}
+
+
+# field -> allowed values (the fields typed Literal), and field -> default: read by the CLI's flags
+CHOICES: dict[str, tuple[Any, ...]] = _choices()
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(CriterionConfig)}
+CRITERIA: tuple[str, ...] = CHOICES["name"]

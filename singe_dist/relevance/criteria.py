@@ -426,4 +426,4 @@ def compute_relevance(
     if batches is None:
         raise SingeError(f"criterion {config.name!r} needs calibration data")
     sums = accumulate(model, groups, batches, config)
-    return sums.finalize("abs" if config.name == "taylor" else config.reduce)
+    return sums.finalize(config.score_reduce)
