@@ -13,12 +13,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _tables(output: str) -> list[list[list[str]]]:
+    """Every Markdown table in ``output`` (runs of lines starting with ``|``), as rows of stripped cells."""
+    tables, current = [], []
+    for line in [*output.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            assert len(current) >= 3 and all(len(c) == len(current[0]) for c in current), output
+            tables.append(current)
+            current = []
+    return tables
+
+
 def _table_rows(output: str) -> list[list[str]]:
-    rows = [line for line in output.splitlines() if line.startswith("|")]
-    assert len(rows) >= 3, output
-    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
-    assert all(len(c) == len(cells[0]) for c in cells), output
-    return cells
+    tables = _tables(output)
+    assert tables, output
+    return tables[0]
 
 
 def test_relevance_cost_smoke() -> None:
@@ -62,13 +73,26 @@ def test_quality_smoke(tmp_path: Path) -> None:
     stored = json.loads(out.with_suffix(".json").read_text())
     assert len(stored["oneshot"]) == len(stored["entwined"]) == 6 and set(stored["baselines"]) == {"0"}
     assert all(0.45 <= r["removed"] <= 0.55 for r in stored["entwined"])  # the 50% budget, within a unit
-    assert out.with_suffix(".md").read_text().count("\n|") == len(body) + 2  # header, rule, rows
+    # the default chosen on the development split: every complete entwined setting ranked by its mean
+    _grid, (dev_header, _, *dev_rows), *verdicts = _tables(proc.stdout)
+    assert dev_header[:2] == ["criterion", "allocation"] and len(dev_rows) == 6
+    means = [float(r[dev_header.index("mean (decides)")]) for r in dev_rows]
+    assert means == sorted(means, reverse=True)
+    winner = (dev_rows[0][0], dev_rows[0][1])
+    # the goal check of that winner (and of SInGE's best setting if the winner is a baseline)
+    assert 1 <= len(verdicts) <= 2 and (len(verdicts) == 2) == (not winner[0].startswith("singe"))
+    for header, _, *rows in verdicts:
+        assert header[3] in {r[0] for r in dev_rows}
+        assert {r[1] for r in rows} == {"one-shot", "short FT", "long FT"}
+        assert all(r[2].split(" (")[0] != header[3] for r in rows)  # never against itself
+        assert all(r[6] == "no" for r in rows)  # one seed has no spread: it cannot show a win
+    assert len(_tables(out.with_suffix(".md").read_text())) == 2 + len(verdicts)
     assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
     # a second invocation resumes: every cell is stored, so nothing is recomputed
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert again.returncode == 0, again.stderr
     assert "[1/" not in again.stdout and "one-shot seed" not in again.stdout
-    assert _table_rows(again.stdout) == _table_rows(proc.stdout)
+    assert _tables(again.stdout) == _tables(proc.stdout)
 
 
 def test_gpu_script_smoke() -> None:
