@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,8 +143,13 @@ def save_checkpoint(
     num_classes: int,
     plan: Plan | None = None,
     extra: dict[str, Any] | None = None,
+    write: Callable[[Any, Path], None] = atomic_torch_save,
 ) -> None:
-    """Write ``model`` as (arch, num_classes, plan, state dict) atomically."""
+    """Write ``model`` as (arch, num_classes, plan, state dict) atomically: every checkpoint goes through here.
+
+    ``extra``: more entries (a job checkpoint's position, optimizer, RNG state and report). ``write``
+    stores the payload (fault injection swaps in a writer that fails half-way).
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "arch": arch,
@@ -152,7 +158,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     payload.update(extra or {})
-    atomic_torch_save(payload, path)
+    write(payload, Path(path))
 
 
 def load_model(

@@ -159,7 +159,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         report = PruneJob(config, tracker=tracker, resume=args.resume).run()
     else:
         from singe_dist.distributed.ray_launcher import relays_output, run_on_ray
-        from singe_dist.engine.loop import summary_table
+        from singe_dist.report import summary_table
 
         report = run_on_ray(config, resume=args.resume)
         if not relays_output(config):  # else rank 0's own table was relayed already

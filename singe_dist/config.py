@@ -307,10 +307,16 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             if not isinstance(node, dict):
                 raise SingeError(f"override {item!r}: {k!r} is not a section")
         node[keys[-1]] = value
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> JobConfig:
+    """A validated config from nested ``{section: {key: value}}`` (a YAML file's, or :func:`config_to_dict`'s)."""
     return _build(JobConfig, data, "").validate()
 
 
 def config_to_dict(config: JobConfig) -> dict[str, Any]:
+    """Nested ``{section: {key: value}}``: what :func:`config_from_dict` reads (Ray hands it to workers)."""
     return dataclasses.asdict(config)
 
 

@@ -66,7 +66,7 @@ def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = pr
 
     if workers:
         from singe_dist.distributed.ray_launcher import relays_output, run_on_ray
-        from singe_dist.engine.loop import summary_table
+        from singe_dist.report import summary_table
 
         log(f"starting a local Ray runtime and {workers} Ray Train workers (they start while the data and the "
             "baseline are prepared)")

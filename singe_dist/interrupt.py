@@ -67,7 +67,7 @@ def reinstall() -> None:
 
 def resume_hint(run_dir: str | Path, command: str) -> str:
     """One line: where the last checkpoint is and the command that continues the run."""
-    from singe_dist.engine.loop import CHECKPOINT_NAME
+    from singe_dist.engine.run_dir import CHECKPOINT_NAME
 
     checkpoint = Path(run_dir) / CHECKPOINT_NAME
     if not checkpoint.is_file():

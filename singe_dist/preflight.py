@@ -17,7 +17,7 @@ def check_job_inputs(config: JobConfig, resume: bool) -> None:
     """Shards, run directory and the checkpoint the job starts from (the baseline, or the run's own)."""
     from singe_dist.checkpoint import load_model
     from singe_dist.data.shards import expand_shards
-    from singe_dist.engine.loop import CHECKPOINT_NAME, read_job_checkpoint
+    from singe_dist.engine.run_dir import CHECKPOINT_NAME, read_job_checkpoint
 
     for pattern in (config.data.train, config.data.val):
         expand_shards(pattern)

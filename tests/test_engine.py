@@ -13,7 +13,8 @@ import torch
 from singe_dist.checkpoint import load_model, read_checkpoint
 from singe_dist.config import load_config
 from singe_dist.demo import DEMO_CONFIG
-from singe_dist.engine.loop import FAIL_ENV, PruneJob
+from singe_dist.engine.faults import FAIL_ENV
+from singe_dist.engine.loop import PruneJob
 from singe_dist.engine.schedule import cumulative_fractions
 from singe_dist.errors import SingeError
 from singe_dist.plan.cost import measure

@@ -22,7 +22,8 @@ import yaml
 from singe_dist.config import load_config
 from singe_dist.demo import DEMO_CONFIG
 from singe_dist.engine.collective import TorchCollective
-from singe_dist.engine.loop import FAIL_ENV, FAIL_MODE_ENV, PruneJob
+from singe_dist.engine.faults import FAIL_ENV, FAIL_MODE_ENV
+from singe_dist.engine.loop import PruneJob
 from singe_dist.plan.plan import Plan
 
 from .conftest import small_job_overrides

@@ -35,17 +35,9 @@ from singe_dist.checkpoint import load_model, read_checkpoint, save_checkpoint
 from singe_dist.config import load_config
 from singe_dist.data.streams import DataStreams
 from singe_dist.demo import DEMO_CONFIG
-from singe_dist.engine.loop import (
-    CHECKPOINT_NAME,
-    FAIL_AT_ENV,
-    FAIL_ENV,
-    FAIL_EXIT_CODE,
-    FAIL_MODE_ENV,
-    Fault,
-    PruneJob,
-    fault_from_env,
-    read_job_checkpoint,
-)
+from singe_dist.engine.faults import FAIL_AT_ENV, FAIL_ENV, FAIL_EXIT_CODE, FAIL_MODE_ENV, Fault, fault_from_env
+from singe_dist.engine.loop import PruneJob
+from singe_dist.engine.run_dir import CHECKPOINT_NAME, read_job_checkpoint
 from singe_dist.errors import SingeError
 from singe_dist.plan.plan import Plan
 

@@ -17,7 +17,8 @@ import torch
 from singe_dist.checkpoint import load_model
 from singe_dist.config import flatten, load_config
 from singe_dist.demo import DEMO_CONFIG
-from singe_dist.engine.loop import FAIL_ENV, PruneJob
+from singe_dist.engine.faults import FAIL_ENV
+from singe_dist.engine.loop import PruneJob
 from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.tracking import NullTracker

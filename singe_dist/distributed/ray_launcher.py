@@ -32,9 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from singe_dist.config import JobConfig, _build
+from singe_dist.config import JobConfig, config_from_dict, config_to_dict
 from singe_dist.data.shards import split_shard_list
-from singe_dist.engine.loop import CHECKPOINT_NAME, Position, prepare_run_dir
+from singe_dist.engine.run_dir import CHECKPOINT_NAME, Position, prepare_run_dir
 from singe_dist.errors import SingeError
 
 
@@ -47,7 +47,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
     from singe_dist.engine.collective import TorchCollective
     from singe_dist.engine.loop import PruneJob
 
-    config: JobConfig = _build(JobConfig, loop_config["config"], "").validate()
+    config = config_from_dict(loop_config["config"])
     threads = config.distributed.torch_threads or max(1, int(config.distributed.cpus_per_worker))
     torch.set_num_threads(threads)
     context = ray.train.get_context()
@@ -297,7 +297,7 @@ def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[
     token = f"run-{uuid.uuid4().hex}"
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": _plain(config), "resume": resume, "tags": _driver_tags(), "token": token,
+        train_loop_config={"config": config_to_dict(config), "resume": resume, "tags": _driver_tags(), "token": token,
                            "relay_log": local, "wait_for_go": pending is not None},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=d.timeout_s),
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu,
@@ -530,9 +530,3 @@ def _driver_tags() -> dict[str, str]:
 
     commit = git_commit()
     return {"mlflow.source.git.commit": commit} if commit else {}
-
-
-def _plain(config: JobConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(config)

@@ -11,9 +11,8 @@ from typing import Any
 from singe_dist.checkpoint import load_model, save_checkpoint
 from singe_dist.config import JobConfig, flatten
 from singe_dist.data.streams import DataStreams
-from singe_dist.engine.loop import Progress, pick_device
 from singe_dist.engine.rng import seed_phase
-from singe_dist.engine.train import evaluate, make_optimizer, train_steps
+from singe_dist.engine.train import Progress, evaluate, make_optimizer, pick_device, train_steps
 from singe_dist.plan.cost import measure
 from singe_dist.atomic import atomic_write_text
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Sequence
@@ -37,3 +38,14 @@ def measure_latency(
                     times.append(time.perf_counter() - start)
             out[f"{device.type}_b{bs}_ms"] = 1000.0 * statistics.median(times)
     return out
+
+
+def measure_latencies(models: dict[str, nn.Module], input_size: Sequence[int], batch_sizes: Sequence[int],
+                      device: torch.device | str) -> dict[str, dict[str, float]]:
+    """The report's ``latency``: each model on the CPU, and on ``device`` (a copy) when a GPU is visible."""
+    latency = {}
+    for name, model in models.items():
+        latency[name] = measure_latency(model, input_size, batch_sizes, "cpu")
+        if torch.cuda.is_available():  # on a copy: the model handed on (to the tracker) stays on the CPU
+            latency[name].update(measure_latency(copy.deepcopy(model), input_size, batch_sizes, device))
+    return latency

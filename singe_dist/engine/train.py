@@ -1,8 +1,10 @@
-"""Plain supervised training and exact evaluation, shared by baselines, fine-tuning and the demo."""
+"""Plain supervised training and exact evaluation, shared by baselines, fine-tuning and the demo (with the
+device choice and the progress display they share)."""
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -224,3 +226,36 @@ def tensor_batches(
             yield x[idx], y[idx]
         if not repeat:
             return
+
+
+def pick_device(kind: str, rank: int) -> torch.device:
+    """``run.device``: a GPU per rank (round robin over the visible ones) or the CPU."""
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SingeError("run.device is 'cuda' but no GPU is visible")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+class Progress:
+    """A tqdm bar on a terminal, a log line every ``every`` iterations otherwise (cluster logs)."""
+
+    def __init__(self, total: int, desc: str, log: Callable[[str], None], every: int, enabled: bool) -> None:
+        self.desc, self.log, self.every, self.total = desc, log, every, total
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False)
+        self.enabled = enabled
+
+    def __call__(self, iteration: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif self.enabled and ((iteration + 1) % self.every == 0 or iteration + 1 == self.total):
+            self.log(f"      {self.desc}: iteration {iteration + 1}/{self.total} loss {loss:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

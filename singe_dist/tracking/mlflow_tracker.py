@@ -23,8 +23,6 @@ import copy
 import inspect
 import json
 import logging
-import math
-import numbers
 import os
 import re
 import subprocess
@@ -42,6 +40,7 @@ from torch import nn
 
 from singe_dist.config import JobConfig
 from singe_dist.errors import SingeError
+from singe_dist.report import final_metrics, is_number
 from singe_dist.tracking.base import NullTracker, Tracker
 
 RUN_FILE = "mlflow_run.json"  # in the run directory: a resumed job continues the same MLflow run
@@ -383,7 +382,7 @@ class MlflowTracker:
         if not self._active():
             return
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items() if _number(value)]
+        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items() if is_number(value)]
         if batch:
             self._guard("logging metrics", lambda: self.client.log_batch(self.run_id, metrics=batch))
 
@@ -539,31 +538,6 @@ class MlflowTracker:
             logging.getLogger("mlflow.pytorch").removeFilter(pickle_filter)
         self.model_uri = info.model_uri
         self.client.set_tag(self.run_id, "model_uri", info.model_uri)
-
-
-def final_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The run's outcome as single-valued metrics (``final_top1``, ``final_macs``, ``top1_drop``, latency...)."""
-    out: dict[str, float] = {}
-    final, base = report.get("final") or {}, report.get("baseline") or {}
-    for key in ("top1", "top5", "loss", "macs", "params", "fraction_removed"):
-        if _number(final.get(key)):
-            out[f"final_{key}"] = float(final[key])
-    for key in ("top1", "top5"):
-        if _number(final.get(key)) and _number(base.get(key)):
-            out[f"{key}_drop"] = float(base[key]) - float(final[key])
-    for which, lat in (report.get("latency") or {}).items():
-        for key, value in (lat or {}).items():
-            if _number(value):
-                out[f"latency_{which}_{key}"] = float(value)
-    total = (report.get("wall_time_s") or {}).get("total")
-    if _number(total):
-        out["wall_time_total_s"] = float(total)
-    return out
-
-
-def _number(value: Any) -> bool:
-    """A finite real number (numpy scalars too); booleans, strings and NaN are not logged as metrics."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 def _short(exc: BaseException) -> str:

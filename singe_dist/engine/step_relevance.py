@@ -1,0 +1,78 @@
+"""One rank's share of a pruning step's relevance, re-planning and BatchNorm re-estimation.
+
+Every rank scores its own calibration batches (``criterion.split=data``) or its share of the
+(channel, point) pairs on the same batches (``split=channels``); sums and counts are all-reduced, so
+every rank holds the scores one process would compute on all the data and takes the same decision.
+A step's calibration batches are read and decoded once: relevance, re-planning and BN re-estimation
+(and greedy sub-steps) read prefixes of the same deterministic stream.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from singe_dist.config import JobConfig
+from singe_dist.data.streams import DataStreams
+from singe_dist.engine.collective import Collective
+from singe_dist.engine.faults import NoFaults
+from singe_dist.engine.train import recalibrate_batchnorm
+from singe_dist.relevance.criteria import accumulate, compute_relevance, planned_path_sums, planned_scores
+from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class StepRelevance:
+    """Relevance of a rank's model, all-reduced, on the calibration batches of ``DataStreams``."""
+
+    def __init__(self, config: JobConfig, col: Collective, streams: DataStreams, faults: NoFaults,
+                 input_size: tuple[int, int, int]) -> None:
+        self.config, self.col, self.streams, self.faults, self.input_size = config, col, streams, faults, input_size
+        self.criterion = config.criterion
+        self.split_channels = config.criterion.split == "channels"
+        # split=channels: every rank reads the same calibration batches (rank 0 of 1's stream)
+        self.relevance_streams = (DataStreams(config.data, config.model.num_classes, 0, 1, config.run.seed)
+                                  if self.split_channels else streams)
+        self._cache: dict[tuple[int, int], Batches] = {}
+
+    def calibration(self, streams: DataStreams, step: int, count: int) -> Batches:
+        """The first ``count`` calibration batches of ``step``; only the current step's are kept."""
+        key = (id(streams), step)
+        cached = self._cache.get(key, [])
+        if len(cached) < count:
+            cached = streams.calibration(step, count)
+            self._cache = {k: v for k, v in self._cache.items() if k[1] == step}
+            self._cache[key] = cached
+        return cached[:count]
+
+    def scores(self, model: nn.Module, step: int) -> tuple[list[ChannelGroup], dict[str, torch.Tensor]]:
+        """The dependency groups of ``model`` and one score per channel, identical on every rank."""
+        groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
+        if not self.criterion.needs_data:
+            scores = compute_relevance(model, groups, None, self.criterion)
+            self.faults.check("relevance", step + 1)
+            return groups, scores
+        share = (self.col.rank, self.col.world_size) if self.split_channels else (0, 1)  # channels shared out, or data
+        batches = self.calibration(self.relevance_streams, step, self.criterion.calibration_batches)
+        sums = accumulate(model, groups, batches, self.criterion, channel_share=share)
+        self.faults.check("relevance", step + 1)
+        sums.load_flat(self.col.all_reduce_sum(sums.flatten()))
+        if self.split_channels:  # the same samples were counted by every rank
+            sums.samples //= self.col.world_size
+            sums.loss_sum /= self.col.world_size
+        return groups, sums.finalize(self.criterion.score_reduce)
+
+    def rescore(self, model: nn.Module, groups: list[ChannelGroup], plan: dict[str, list[int]],
+                step: int) -> dict[str, torch.Tensor]:
+        """The planned channels' shares of the plan's joint removal (``criterion.replan``), all-reduced."""
+        batches = self.calibration(self.relevance_streams, step, self.criterion.calibration_batches)
+        sums = planned_path_sums(model, groups, batches, self.criterion, plan)
+        sums.load_flat(self.col.all_reduce_sum(sums.flatten()))  # ratios: the same whichever way ranks share data
+        return planned_scores(sums, plan)
+
+    def recalibrate(self, model: nn.Module, step: int) -> None:
+        """Re-estimate BatchNorm statistics after a removal (``prune.bn_batches``), identical on every rank."""
+        if self.config.prune.bn_batches:
+            batches = self.calibration(self.streams, step, self.config.prune.bn_batches)
+            recalibrate_batchnorm(model, batches, self.col.all_reduce_sum)
