@@ -147,27 +147,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """The main job in one process (Ray launches the same loop on every worker)."""
     config = _job_config(args).check_job()  # validate before the heavy imports: a typo fails in a second
     args.run_dir = config.run.out_dir  # for the line an interrupted run prints (main)
+    from singe_dist.launch import launch_job, tracking_hint
     from singe_dist.preflight import check_job_inputs
-    from singe_dist.tracking.mlflow_tracker import make_tracker, ui_hint
 
     check_job_inputs(config, args.resume)  # every input before the MLflow store, run directory or Ray exist
-
-    if config.distributed.num_workers == 0:
-        from singe_dist.engine.loop import PruneJob
-
-        tracker = make_tracker(config)  # an unreachable tracking server fails here, before any work
-        report = PruneJob(config, tracker=tracker, resume=args.resume).run()
-    else:
-        from singe_dist.distributed.ray_launcher import relays_output, run_on_ray
-        from singe_dist.report import summary_table
-
-        report = run_on_ray(config, resume=args.resume)
-        if not relays_output(config):  # else rank 0's own table was relayed already
-            print(summary_table(report))
-    if config.tracking.enabled:
-        lost = " (incomplete: tracking was lost mid-run, see tracking_lost in report.json)" \
-            if report.get("tracking_lost") else ""
-        print(f"MLflow: {ui_hint(config)}{lost}")
+    report = launch_job(config, resume=args.resume)
+    hint = tracking_hint(config, report)
+    if hint:
+        print(f"MLflow: {hint}")
     return 0
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from singe_dist.config import JobConfig, load_config
 from singe_dist.data.convert import digits_to_shards
 from singe_dist.engine.baseline import train_baseline
-from singe_dist.engine.loop import PruneJob
 from singe_dist.errors import SingeError
+from singe_dist.launch import launch_job, tracking_hint
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
 
@@ -65,23 +65,12 @@ def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = pr
             f"{config.prune.steps} steps on {where} -> {config.run.out_dir}")
 
     if workers:
-        from singe_dist.distributed.ray_launcher import relays_output, run_on_ray
-        from singe_dist.report import summary_table
-
         log(f"starting a local Ray runtime and {workers} Ray Train workers (they start while the data and the "
             "baseline are prepared)")
-        report = run_on_ray(config, local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)), log=log,
-                            prepare=prepare)
-        if not relays_output(config):  # else rank 0's table was relayed already
-            log("\n" + summary_table(report))
-    else:
-        from singe_dist.tracking.mlflow_tracker import make_tracker
-
-        prepare()
-        report = PruneJob(config, tracker=make_tracker(config), resume=False, log=log).run()
+    report = launch_job(config, log=log, prepare=prepare,
+                        local_cpus=max(2, int(workers * config.distributed.cpus_per_worker)))
     log(f"\nwrote {config.run.out_dir}/report.json, plan.json and pruned.pt")
-    if config.tracking.enabled:
-        from singe_dist.tracking.mlflow_tracker import ui_hint
-
-        log(f"MLflow dashboard: {ui_hint(config)}")
+    hint = tracking_hint(config, report)
+    if hint:
+        log(f"MLflow dashboard: {hint}")
     return report
