@@ -477,11 +477,13 @@ def verdict(data: dict, setting: tuple[str, str], fractions: list[float]) -> str
             if not mine:
                 continue
             for base in (b for b in BASELINES if b != label):
-                options = [(statistics.fmean(d), a) for a in ALLOCATIONS
+                # the baseline's allocation is chosen on the development split, among those it has on
+                # as many seeds as the setting (a mean over fewer seeds must not decide)
+                options = [(len(d) >= len(mine), statistics.fmean(d), a) for a in ALLOCATIONS
                            if (d := _pick(data, part, base, a, fraction, dev_key))]
                 if not options:
                     continue
-                alloc = max(options)[1]
+                alloc = max(options)[2]
                 theirs = _pick(data, part, base, alloc, fraction, key)
                 (m1, s1), (m2, s2) = _mean_std(mine), _mean_std(theirs)
                 spread = max(s1, s2)
