@@ -19,7 +19,7 @@ from singe_dist.data.digits import digits_tensors
 from singe_dist.engine.train import make_optimizer, tensor_batches, train_steps
 from singe_dist.models import build_model
 
-DIGITS_SIZE = 16
+from .support import DIGITS_SIZE, fast_job_config
 
 
 @pytest.fixture(scope="session")
@@ -61,14 +61,11 @@ def digits_baseline(tmp_path_factory, _trained_digits_model) -> str:  # noqa: AN
     return str(path)
 
 
-def small_job_overrides(shards: dict[str, str], baseline: str | None, out_dir, **extra: object) -> list[str]:  # noqa: ANN001
-    """Overrides of jobs/configs/demo.yaml for a job of a few seconds on 16 px digits shards."""
-    values = {
-        "data.train": shards["train"], "data.val": shards["val"], "data.image_size": DIGITS_SIZE,
-        "data.resize_size": DIGITS_SIZE, "data.batch_size": 32, "data.train_samples": 1437,
-        "model.checkpoint": baseline or "null", "run.out_dir": str(out_dir), "prune.steps": 2,
-        "finetune.iters_per_step": 8, "finetune.final_iters": 8, "criterion.calibration_batches": 1,
-        "criterion.steps": 2, "tracking.enabled": "false", "distributed.num_workers": 0,
-    }
-    values.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in values.items()]
+@pytest.fixture(scope="session")
+def reference(digits_shards, digits_baseline, tmp_path_factory):  # noqa: ANN001, ANN201
+    """The uninterrupted fast small job that every interrupted one must reproduce (its run directory)."""
+    from singe_dist.engine.loop import PruneJob
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    PruneJob(fast_job_config(digits_shards, digits_baseline, out), log=lambda _m: None).run()
+    return out

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from singe_dist.checkpoint import load_model, save_checkpoint
 from singe_dist.demo import run_demo
 from singe_dist.plan.cost import measure
 from singe_dist.plan.plan import Plan
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "singe_dist.cli", *args], capture_output=True, text=True, timeout=300)
+from .support import run_cli
 
 
 def test_relevance_command_writes_scores_per_group_with_module_names(trained_digits_model, tmp_path) -> None:
     save_checkpoint(tmp_path / "base.pt", trained_digits_model, "digits_resnet", 10)
     out = tmp_path / "scores.json"
-    proc = _cli("relevance", "--checkpoint", str(tmp_path / "base.pt"), "--image-size", "16", "--samples", "64",
-                "--steps", "2", "--out", str(out))
+    proc = run_cli("relevance", "--checkpoint", str(tmp_path / "base.pt"), "--image-size", "16", "--samples", "64",
+                   "--steps", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["model"] == "digits_resnet" and data["samples"] == 64

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 import socket
 import subprocess
 import sys
@@ -293,3 +294,24 @@ def test_local_head_token_auth_loopback_only_and_stop(tmp_path):
         for port in (head.ports["port"], head.ports["dashboard_port"]):
             with socket.socket() as s, pytest.raises(ConnectionRefusedError):
                 s.connect(("127.0.0.1", port))
+
+
+# ---------------------------------------------------------------------------------- binding, tokens, secrets
+def test_local_services_bind_loopback_and_the_local_head_uses_token_auth() -> None:
+    """Static half; the real runs are the local head above (sockets listed) and tests/test_tracking.py's servers."""
+    script = (REPO_ROOT / "cluster" / "start_local_head.sh").read_text()
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    assert "--node-ip-address=127.0.0.1" in code and "--dashboard-host=127.0.0.1" in code
+    assert "0.0.0.0" not in script
+    assert "export RAY_AUTH_MODE=token" in code and "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=" in code
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in code  # else Ray swaps 127.0.0.1 for the LAN address
+    # the token's value only ever goes to its mode-600 file, never to the output
+    uses = [line.strip() for line in code.splitlines() if re.search(r"\$\{?RAY_AUTH_TOKEN\b(?!_PATH)", line)]
+    assert uses and all(re.search(r'> "\$TOKEN_PATH"', u) or u.startswith("if [[ -n") for u in uses), uses
+    launcher = (REPO_ROOT / "singe_dist" / "distributed" / "ray_launcher.py").read_text()
+    assert '_node_ip_address="127.0.0.1"' in launcher and "include_dashboard=False" in launcher
+    # every MLflow server the tests start comes from the one helper, which binds the loopback address
+    assert '"server", "--host", "127.0.0.1"' in (REPO_ROOT / "tests" / "mlflow_server.py").read_text()
+    assert "start_mlflow_server(" in (REPO_ROOT / "tests" / "test_tracking.py").read_text()
+    for test_file in (REPO_ROOT / "tests").glob("test_*.py"):  # no test starts a server of its own
+        assert '"server", "--host"' not in test_file.read_text(), test_file.name

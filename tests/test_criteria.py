@@ -20,7 +20,7 @@ from singe_dist.relevance.criteria import (
 )
 from singe_dist.relevance.groups import Gates, example_input, find_groups
 
-from .conftest import DIGITS_SIZE
+from .support import DIGITS_SIZE
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 

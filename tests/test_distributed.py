@@ -25,7 +25,7 @@ from singe_dist.plan.plan import Plan
 from singe_dist.relevance.criteria import CriterionConfig, accumulate
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .conftest import DIGITS_SIZE
+from .support import DIGITS_SIZE
 
 CONFIGS = {
     "singe-group": CriterionConfig(path="group", steps=3),

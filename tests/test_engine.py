@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,17 +18,13 @@ from singe_dist.errors import SingeError
 from singe_dist.plan.cost import measure
 from singe_dist.plan.plan import Plan
 
-from .conftest import DIGITS_SIZE, small_job_overrides
+from .support import DIGITS_SIZE, as_sets, run_cli, small_job_overrides
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 
 
 def _job(shards, baseline, out_dir, **extra) -> PruneJob:  # noqa: ANN001
     return PruneJob(load_config(DEMO_CONFIG, small_job_overrides(shards, baseline, out_dir, **extra)), log=lambda _m: None)
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "singe_dist.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_entwined_run_meets_budget_and_report_matches_the_saved_checkpoint(digits_shards, digits_baseline, tmp_path) -> None:
@@ -54,8 +48,8 @@ def test_entwined_run_meets_budget_and_report_matches_the_saved_checkpoint(digit
     assert plan == Plan.load(out / "plan.json") and len(plan.steps) == 2
     fp = measure(model, INPUT)
     assert (fp.macs, fp.params) == (final["macs"], final["params"])
-    config = ["--config", str(DEMO_CONFIG), *sum((["--set", o] for o in small_job_overrides(digits_shards, None, out)), [])]
-    proc = _cli("eval", "--checkpoint", str(out / "pruned.pt"), *config)
+    config = ["--config", str(DEMO_CONFIG), *as_sets(small_job_overrides(digits_shards, None, out))]
+    proc = run_cli("eval", "--checkpoint", str(out / "pruned.pt"), *config, timeout=600)
     assert proc.returncode == 0, proc.stderr
     again = json.loads(proc.stdout)
     assert again["top1"] == final["top1"] and again["top5"] == final["top5"] and again["samples"] == 360
@@ -192,7 +186,7 @@ def test_existing_run_directory_is_never_overwritten_unless_asked(digits_shards,
 )
 def test_bad_config_is_one_clear_line(digits_shards, tmp_path, override: str, message: str) -> None:
     sets = small_job_overrides(digits_shards, None, tmp_path / "run") + [override]
-    proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []))
+    proc = run_cli("prune", "--config", str(DEMO_CONFIG), *as_sets(sets), timeout=600)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert "\n" not in line and message in line, line
@@ -201,7 +195,7 @@ def test_bad_config_is_one_clear_line(digits_shards, tmp_path, override: str, me
 def test_bad_baseline_checkpoint_is_one_clear_line(digits_shards, tmp_path) -> None:
     torch.save({"conv1.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pt")
     sets = small_job_overrides(digits_shards, str(tmp_path / "wrong.pt"), tmp_path / "run")
-    proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []))
+    proc = run_cli("prune", "--config", str(DEMO_CONFIG), *as_sets(sets), timeout=600)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "does not match the model" in proc.stderr
 

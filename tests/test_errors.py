@@ -17,6 +17,8 @@ from singe_dist.plan.plan import Plan, apply_plan
 from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
 from singe_dist.relevance.groups import example_input, find_groups
 
+from .support import as_sets
+
 
 def _one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
     text = str(exc.value)
@@ -137,7 +139,7 @@ def test_rules_a_pruning_job_adds_refuse_before_it_starts(overrides: list[str], 
 @pytest.mark.parametrize("rule", [["criterion.split=channels"], ["finetune.distill_weight=0.5"]])
 def test_a_ray_job_breaking_a_rule_across_keys_refuses_before_ray_starts(tmp_path, rule: list[str]) -> None:
     run_dir = tmp_path / "run"
-    sets = sum((["--set", o] for o in ["distributed.num_workers=2", f"run.out_dir={run_dir}", *rule]), [])
+    sets = as_sets(["distributed.num_workers=2", f"run.out_dir={run_dir}", *rule])
     proc = subprocess.run([sys.executable, "-c", "import sys; from singe_dist.cli import main; code = main(); "
                            "assert 'ray' not in sys.modules, 'Ray was imported'; sys.exit(code)", "prune", *sets],
                           capture_output=True, text=True, timeout=120)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import pytest
 
 from singe_dist.checkpoint import read_checkpoint
@@ -13,17 +11,7 @@ from singe_dist.data.shards import expand_shards, split_shard_list
 from singe_dist.demo import DEMO_CONFIG
 from singe_dist.errors import SingeError
 
-from .conftest import small_job_overrides
-from .ray_head import REPO_ROOT
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "singe_dist.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=REPO_ROOT)
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return sum((["--set", o] for o in overrides), [])
+from .support import as_sets, run_cli, small_job_overrides
 
 
 def test_shard_lists_are_comma_or_double_colon_separated_and_braces_keep_their_commas(tmp_path) -> None:
@@ -43,7 +31,7 @@ def test_a_comma_separated_shard_list_on_the_command_line_runs_the_job(digits_sh
     assert len(train) >= 2
     out = tmp_path / "run"
     sets = small_job_overrides(digits_shards, digits_baseline, out, prune__steps=1, data__train=",".join(train))
-    proc = _cli("prune", "--config", str(DEMO_CONFIG), *_sets(sets))
+    proc = run_cli("prune", "--config", str(DEMO_CONFIG), *as_sets(sets))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["config"]["data.train"] == ",".join(train)
 
@@ -56,7 +44,7 @@ def test_prune_refuses_an_unloadable_checkpoint_before_creating_anything(digits_
     work.mkdir()
     sets = small_job_overrides(digits_shards, str(bad), work / "run", tracking__enabled="true")
     assert not any(s.startswith("tracking.uri") for s in sets)  # the default: an SQLite file beside the run
-    proc = _cli("prune", "--config", str(DEMO_CONFIG), *_sets(sets))
+    proc = run_cli("prune", "--config", str(DEMO_CONFIG), *as_sets(sets))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"singe-dist prune: error: checkpoint {bad} cannot be loaded"), lines
@@ -75,8 +63,8 @@ def test_a_file_of_random_bytes_is_not_a_pytorch_checkpoint(tmp_path) -> None:
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(SingeError, match=r"is not a PyTorch checkpoint \(an empty file\)$"):
         read_checkpoint(tmp_path / "empty.pt")
-    proc = _cli("relevance", "--checkpoint", str(path), "--model", "digits_resnet", "--num-classes", "10",
-                "--out", str(tmp_path / "r.json"))
+    proc = run_cli("relevance", "--checkpoint", str(path), "--model", "digits_resnet", "--num-classes", "10",
+                   "--out", str(tmp_path / "r.json"))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"singe-dist relevance: error: checkpoint {path} is not a PyTorch checkpoint "
         "(neither a zip archive nor a pickle, as torch.save writes)"]
@@ -86,7 +74,7 @@ def test_relevance_reads_the_jobs_config_model_and_shards(digits_shards, digits_
     out = tmp_path / "relevance.json"
     sets = small_job_overrides(digits_shards, digits_baseline, tmp_path / "unused", criterion__calibration_batches=2,
                                criterion__name="taylor")
-    proc = _cli("relevance", "--config", str(DEMO_CONFIG), *_sets(sets), "--steps", "3", "--out", str(out))
+    proc = run_cli("relevance", "--config", str(DEMO_CONFIG), *as_sets(sets), "--steps", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["model"] == "digits_resnet" and data["checkpoint"] == digits_baseline
@@ -97,8 +85,8 @@ def test_relevance_reads_the_jobs_config_model_and_shards(digits_shards, digits_
     assert not (tmp_path / "unused").exists()  # relevance writes only its JSON
 
     # a shard pattern that matches nothing is the job's own one-line error
-    proc = _cli("relevance", "--config", str(DEMO_CONFIG), *_sets(sets), "--set", "data.train=/nonexistent/x-{0..1}.tar",
-                "--out", str(out))
+    proc = run_cli("relevance", "--config", str(DEMO_CONFIG), *as_sets(sets), "--set", "data.train=/nonexistent/x-{0..1}.tar",
+                   "--out", str(out))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "singe-dist relevance: error: shard pattern /nonexistent/x-{0..1}.tar matches no file"]

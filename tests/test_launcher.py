@@ -27,15 +27,11 @@ import torch.multiprocessing as mp
 from singe_dist.demo import DEMO_CONFIG
 from singe_dist.plan.plan import Plan
 
-from .conftest import small_job_overrides
+from .support import as_sets, small_job_overrides
 from .ray_head import REPO_ROOT, is_loopback, listening_tcp_sockets
 from .ray_hooks import MISSING_PYTHON
 
 pytestmark = pytest.mark.slow
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return sum((["--set", o] for o in overrides), [])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -58,7 +54,7 @@ def test_workers_that_cannot_start_end_the_job_with_one_line_in_bounded_time(dig
     # every Ray worker process is started with a Python that does not exist (tests/ray_hooks.py)
     env = _env(RAY_RUNTIME_ENV_HOOK="tests.ray_hooks.missing_python")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *_sets(sets)],
+    proc = subprocess.run([sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *as_sets(sets)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout + 240)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 2, (proc.stdout + proc.stderr)[-4000:]
@@ -166,7 +162,7 @@ def test_sigint_stops_a_ray_job_and_a_bootstrapped_uv_resume_ends_with_the_unint
 
     # 1. a job on 2 Ray Train workers of the local runtime, interrupted by SIGINT after step 1
     run_dir = tmp_path / "run"
-    sets = _sets(overrides(run_dir))
+    sets = as_sets(overrides(run_dir))
     log = tmp_path / "stdout.txt"
     with log.open("w") as stdout:
         proc = subprocess.Popen([sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *sets],
@@ -229,7 +225,7 @@ def test_sigterm_stops_the_in_process_job_with_one_line_and_exit_143(digits_shar
     log = tmp_path / "stdout.txt"
     with log.open("w") as stdout:
         proc = subprocess.Popen([sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG),
-                                 *_sets(sets)], cwd=REPO_ROOT, env=_env(), stdout=stdout, stderr=subprocess.PIPE,
+                                 *as_sets(sets)], cwd=REPO_ROOT, env=_env(), stdout=stdout, stderr=subprocess.PIPE,
                                 text=True)
         try:
             _wait_for(log, r"step 1/3", proc, timeout=120)

@@ -21,7 +21,7 @@ from singe_dist.plan.cost import CostModel
 from singe_dist.plan.select import Constraints, select_channels
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .conftest import DIGITS_SIZE, small_job_overrides
+from .support import DIGITS_SIZE, small_job_overrides
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 

@@ -17,7 +17,7 @@ from singe_dist.plan.select import Constraints, select_channels
 from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .conftest import DIGITS_SIZE
+from .support import DIGITS_SIZE
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 

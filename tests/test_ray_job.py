@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -26,7 +25,7 @@ from singe_dist.engine.faults import FAIL_ENV, FAIL_MODE_ENV
 from singe_dist.engine.loop import PruneJob
 from singe_dist.plan.plan import Plan
 
-from .conftest import small_job_overrides
+from .support import as_sets, run_cli, small_job_overrides
 from .ray_head import REPO_ROOT, free_ports, local_ray_head
 
 pytestmark = pytest.mark.slow
@@ -60,7 +59,7 @@ def test_ray_job_submit_survives_a_killed_worker_and_ends_with_the_uninterrupted
     runtime_env.write_text(yaml.safe_dump({"env_vars": {
         FAIL_ENV: "1:1", FAIL_MODE_ENV: "exit",  # rank 1's process dies right after step 1's checkpoint
         "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"}}))
-    sets = sum((["--set", o] for o in _overrides(digits_shards, digits_baseline, run_dir)), [])
+    sets = as_sets(_overrides(digits_shards, digits_baseline, run_dir))
     with local_ray_head(num_cpus=2) as head:
         result = head.submit([sys.executable, "jobs/prune.py", "--config", "jobs/configs/demo.yaml", *sets],
                              working_dir=REPO_ROOT, runtime_env=runtime_env, timeout=900)
@@ -76,16 +75,11 @@ def test_ray_job_submit_survives_a_killed_worker_and_ends_with_the_uninterrupted
     assert Plan.load(run_dir / "plan.json") == Plan.load(reference_dir / "plan.json")
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "singe_dist.cli", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
 def test_unreachable_ray_address_is_one_clear_line(digits_shards, tmp_path) -> None:
     (port,) = free_ports(1)
     sets = small_job_overrides(digits_shards, None, tmp_path / "run", distributed__num_workers=2,
                                distributed__address=f"127.0.0.1:{port}")
-    proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []))
+    proc = run_cli("prune", "--config", str(DEMO_CONFIG), *as_sets(sets))
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert f"cannot connect to the Ray cluster at 127.0.0.1:{port}" in last
@@ -96,14 +90,14 @@ def test_more_workers_than_resources_and_missing_shards_are_clear_errors(digits_
         env = head.client_env()
         sets = small_job_overrides(digits_shards, None, tmp_path / "run", distributed__num_workers=5,
                                    distributed__address=head.address)
-        proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []), env=env)
+        proc = run_cli("prune", "--config", str(DEMO_CONFIG), *as_sets(sets), env=env)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "not enough for distributed.num_workers: 5 workers x 1 CPU" in proc.stderr.strip().splitlines()[-1]
 
         sets = small_job_overrides({"train": "/nonexistent/train-{000000..000003}.tar", "val": digits_shards["val"]},
                                    None, tmp_path / "run2", distributed__num_workers=2,
                                    distributed__address=head.address)
-        proc = _cli("prune", "--config", str(DEMO_CONFIG), *sum((["--set", s] for s in sets), []), env=env)
+        proc = run_cli("prune", "--config", str(DEMO_CONFIG), *as_sets(sets), env=env)
         assert proc.returncode == 2
         assert "/nonexistent/train-" in proc.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "run2").exists()  # nothing was started

@@ -1,4 +1,8 @@
-"""MLflow tracking against a real ``mlflow server`` on 127.0.0.1 (one per module) and the SQLite default."""
+"""MLflow tracking against a real ``mlflow server`` on 127.0.0.1 (one per module) and the SQLite default.
+
+The last test SIGKILLs a second real server while a real ``singe-dist prune`` process logs to it: the
+job must finish, report the loss of tracking once and leak no secret (docs/RELIABILITY.md).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +24,7 @@ from singe_dist.config import flatten, load_config
 from singe_dist.demo import DEMO_CONFIG
 from singe_dist.engine.faults import FAIL_ENV
 from singe_dist.engine.loop import PruneJob
+from singe_dist.engine.run_dir import CHECKPOINT_NAME
 from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.tracking import NullTracker
@@ -33,7 +39,7 @@ from singe_dist.tracking.mlflow_tracker import (
 )
 from singe_dist.tracking.plots import accuracy_points, plot_accuracy_vs_macs, plot_channels, plot_relevance_histogram
 
-from .conftest import DIGITS_SIZE
+from .support import DIGITS_SIZE, prune_argv, small_job_overrides
 from .mlflow_server import free_port, start_mlflow_server
 
 mlflow = pytest.importorskip("mlflow")
@@ -98,14 +104,12 @@ def uri_env(monkeypatch, mlflow_server) -> str:  # noqa: ANN001
 
 
 def _config(shards: dict[str, str], out_dir: Path, *extra: str):  # noqa: ANN202
-    overrides = [
-        f"data.train={shards['train']}", f"data.val={shards['val']}", f"data.image_size={DIGITS_SIZE}",
-        f"data.resize_size={DIGITS_SIZE}", "data.batch_size=32", "data.shuffle_buffer=64", "model.checkpoint=null",
-        f"run.out_dir={out_dir}", "prune.steps=2", "finetune.iters_per_step=4", "finetune.final_iters=3",
-        "finetune.log_every=2", "criterion.calibration_batches=1", "criterion.steps=2", "run.latency_batch_sizes=[1]",
-        "tracking.experiment=test-tracking", *extra,
-    ]
-    return load_config(DEMO_CONFIG, overrides)
+    """The small job from an untrained model, tracked, with a fine-tune loss logged every 2 iterations."""
+    overrides = small_job_overrides(
+        shards, None, out_dir, data__shuffle_buffer=64, finetune__iters_per_step=4, finetune__final_iters=3,
+        finetune__log_every=2, run__latency_batch_sizes="[1]", tracking__enabled="true",
+        tracking__experiment="test-tracking")
+    return load_config(DEMO_CONFIG, [*overrides, *extra])
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -350,3 +354,95 @@ def test_losing_the_server_mid_run_warns_once_and_never_raises(uri_env, tmp_path
     run = MlflowClient(uri_env).get_run(tracker.run_id)
     assert run.info.status == "FAILED" and "Connection refused" in run.data.tags["tracking_lost"]
     assert [s for s, _ in _history(MlflowClient(uri_env), tracker.run_id, "top1")] == [0]
+
+
+# ---------------------------------------------------------------------------------- MLflow server goes away
+@pytest.fixture(scope="module", autouse=True)
+def _doomed_server(request, tmp_path_factory):  # noqa: ANN001, ANN202
+    """A real MLflow server (SQLite) on 127.0.0.1 that the last test kills: started first, it boots meanwhile.
+
+    Only when that test is selected (``-m "not slow"`` leaves it out).
+    """
+    if not any("doomed_server" in item.fixturenames for item in request.session.items
+               if item.module is request.module):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("doomed-mlflow")
+    proc, port = start_mlflow_server(root, {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
+    try:
+        yield proc, port, root
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+@pytest.fixture()
+def doomed_server(_doomed_server):  # noqa: ANN001, ANN201
+    return _doomed_server
+
+
+@pytest.mark.slow
+def test_mlflow_server_killed_mid_run_training_finishes_tracking_loss_reported_once_no_secret_leaks(
+        doomed_server, digits_shards, digits_baseline, tmp_path) -> None:
+    import requests
+    from mlflow.tracking import MlflowClient
+
+    proc, port, root = doomed_server
+    deadline = time.monotonic() + 300
+    while True:  # the server boots while the tests above run
+        assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "mlflow server did not answer within 300 s"
+        time.sleep(0.5)
+
+    secrets = {"uri": "s3cret-IN-URI", "env": "tok-IN-ENV-0123456789", "ray": "ray-TOKEN-IN-ENV-987"}
+    run_dir = tmp_path / "run"
+    argv = prune_argv(digits_shards, digits_baseline, run_dir, prune__steps=3, tracking__enabled="true",
+                       tracking__uri=f"http://alice:{secrets['uri']}@127.0.0.1:{port}",
+                       tracking__experiment="doomed", tracking__log_model="false")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_TOKEN": secrets["env"],
+                "RAY_AUTH_TOKEN": secrets["ray"]})
+    err_file = open(tmp_path / "stderr.log", "w")  # noqa: SIM115 - a file: a full stderr pipe would block the job
+    job = subprocess.Popen([sys.executable, "-m", "singe_dist.cli", *argv], stdout=subprocess.PIPE,
+                           stderr=err_file, text=True, env=env)
+    stdout: list[str] = []
+    for line in job.stdout:  # kill the server as step 1 ends: steps 2 and 3 and the results are still to log
+        stdout.append(line)
+        if "after fine-tuning" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            killed = time.monotonic()
+            break
+    else:
+        job.wait(60)
+        pytest.fail("the job ended before step 1: " + (tmp_path / "stderr.log").read_text()[-3000:])
+    rest, _ = job.communicate(timeout=300)
+    after_kill = time.monotonic() - killed
+    err_file.close()
+    stderr = (tmp_path / "stderr.log").read_text()
+    out = "".join(stdout) + rest
+    assert job.returncode == 0, stderr[-3000:]
+
+    # training went on to the end: every output is written, the loss of tracking is recorded once
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [r["step"] for r in report["steps"]] == [1, 2, 3] and "final" in report
+    assert {"plan.json", "pruned.pt", CHECKPOINT_NAME} <= {p.name for p in run_dir.iterdir()}
+    assert "Connection refused" in report["tracking_lost"] or "Max retries" in report["tracking_lost"]
+    assert stderr.count("MLflow tracking lost") == 1, stderr
+    assert "incomplete: tracking was lost mid-run" in out
+    assert after_kill < 90, f"the job took {after_kill:.0f} s after the server died: MLflow retries unbounded?"
+
+    # what was logged before the server died is in its database; no secret anywhere
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("doomed").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "top1")][:1] == [0]
+    assert run.data.params["tracking.uri"] == f"http://alice:<redacted>@127.0.0.1:{port}"
+    stored = json.dumps([run.data.params, run.data.tags])
+    for secret in secrets.values():
+        assert secret not in out and secret not in stderr and secret not in stored, secret
