@@ -314,4 +314,5 @@ def test_local_services_bind_loopback_and_the_local_head_uses_token_auth() -> No
     assert '"server", "--host", "127.0.0.1"' in (REPO_ROOT / "tests" / "mlflow_server.py").read_text()
     assert "start_mlflow_server(" in (REPO_ROOT / "tests" / "test_tracking.py").read_text()
     for test_file in (REPO_ROOT / "tests").glob("test_*.py"):  # no test starts a server of its own
-        assert '"server", "--host"' not in test_file.read_text(), test_file.name
+        if test_file.name != Path(__file__).name:
+            assert '"server", "--host"' not in test_file.read_text(), test_file.name
