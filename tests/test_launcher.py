@@ -12,12 +12,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -266,3 +268,24 @@ def test_a_ray_run_that_fails_beyond_max_failures_is_one_line() -> None:
     assert line.startswith("the 2 Ray Train workers could not be (re)started within distributed.start_timeout_s=60 s "
                            "(Ray: WorkerGroupStartupTimeoutError: The worker group startup timed out"), line
     assert "\n" not in line
+
+
+def test_the_local_runtime_is_its_own_even_when_ray_start_recorded_a_cluster(tmp_path) -> None:
+    """Without ``distributed.address`` the job starts a Ray runtime of its own. ``ray.init()`` alone would
+    join the cluster that ``ray start`` last recorded in ``<RAY_TMPDIR>/ray/ray_current_cluster``: here a
+    recorded head that is gone (a port nothing listens on), as after a crashed or stopped ``ray start``."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sr-", dir="/tmp"))  # Ray's socket paths must stay short
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+        code = ("from singe_dist.distributed.ray_launcher import connect\n"
+                "ray = connect(None, num_cpus=1)\n"
+                "print('GCS', ray.get_runtime_context().gcs_address)\n"
+                "ray.shutdown()\n")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(RAY_TMPDIR=str(ray_tmp)),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        gcs = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("GCS ")]
+        assert gcs and gcs[0] != "127.0.0.1:9" and gcs[0].startswith("127.0.0.1:"), proc.stdout
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -191,12 +191,15 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
             # a local runtime for laptops and tests: loopback only, no dashboard, workers' output not
             # echoed (rank 0's progress is relayed, see _LogRelay). Ray announces the token auth it
             # turns on for a new local cluster; that is the expected state, not news for the user.
+            # address="local": always a runtime of our own. Without it ray.init() joins the last
+            # cluster `ray start` recorded in /tmp/ray/ray_current_cluster (someone else's, maybe busy
+            # or gone), which is not what "no distributed.address" means (docs/CLUSTER.md).
             quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
             level = quiet.level
             quiet.setLevel(logging.ERROR)
             try:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                         _node_ip_address="127.0.0.1")
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, _node_ip_address="127.0.0.1")
             finally:
                 quiet.setLevel(level)
     except (ConnectionError, RuntimeError, ValueError) as exc:
