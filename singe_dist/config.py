@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 
 from singe_dist.errors import SingeError
+from singe_dist.plan.limits import LIMITS, check_limit
 from singe_dist.relevance.config import CriterionConfig
 
 
@@ -148,13 +149,9 @@ class JobConfig:
 
     def validate(self) -> JobConfig:
         """Range checks that types alone cannot express."""
-        _check(0.0 < self.prune.remove_fraction < 1.0, "prune.remove_fraction", "must be in (0, 1)", self.prune.remove_fraction)
+        for key in LIMITS:  # the budget and what a group may lose: the rules Budget and Constraints apply
+            check_limit(key, getattr(self.prune, key), f"config prune.{key}")
         _check(self.prune.steps >= 1, "prune.steps", "must be >= 1", self.prune.steps)
-        _check(0.0 <= self.prune.min_keep_fraction < 1.0, "prune.min_keep_fraction", "must be in [0, 1)", self.prune.min_keep_fraction)
-        _check(self.prune.min_keep >= 1, "prune.min_keep", "must be >= 1", self.prune.min_keep)
-        _check(self.prune.round_to >= 1, "prune.round_to", "must be >= 1", self.prune.round_to)
-        _check(0.0 < self.prune.max_remove_fraction <= 1.0, "prune.max_remove_fraction", "must be in (0, 1]",
-               self.prune.max_remove_fraction)
         _check(self.prune.substeps >= 1, "prune.substeps", "must be >= 1", self.prune.substeps)
         _check(self.prune.bn_batches >= 0, "prune.bn_batches", "must be >= 0", self.prune.bn_batches)
         _check(0.0 <= self.finetune.distill_weight <= 1.0, "finetune.distill_weight", "must be in [0, 1]",
@@ -323,7 +320,3 @@ def config_to_dict(config: JobConfig) -> dict[str, Any]:
 def flatten(config: JobConfig) -> dict[str, Any]:
     """``{"section.key": value}``: MLflow params and report headers."""
     return {f"{s}.{k}": v for s, section in config_to_dict(config).items() for k, v in section.items()}
-
-
-def dump_config(config: JobConfig) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

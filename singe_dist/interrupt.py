@@ -28,10 +28,6 @@ class Interrupted(KeyboardInterrupt):
     def name(self) -> str:
         return signal.Signals(self.signum).name
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
 
 def _raise(signum: int, _frame: object) -> None:
     for s in SIGNALS:  # a second signal while cleaning up must not cut the clean-up short

@@ -127,3 +127,10 @@ def same_result(run_dir: Path, reference: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = lambda d: [r["finetuned"] for r in json.loads((d / "report.json").read_text())["steps"]]  # noqa: E731
     assert steps(run_dir) == steps(reference)
+
+
+# ---------------------------------------------------------------------------------- models
+def pruned_widths(model: torch.nn.Module) -> dict[str, int]:
+    """Output width of every Conv2d / Linear, to compare architectures."""
+    return {name: (m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features)
+            for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}

@@ -12,12 +12,12 @@ from singe_dist.checkpoint import load_model, save_checkpoint
 from singe_dist.models import build_model
 from singe_dist.plan.cost import CostModel, measure
 from singe_dist.plan.decide import Budget, decide_and_remove, prune_one_shot
-from singe_dist.plan.plan import Plan, apply_plan, pruned_widths, replay
+from singe_dist.plan.plan import Plan, apply_plan, replay
 from singe_dist.plan.select import Constraints, select_channels
 from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .support import DIGITS_SIZE
+from .support import DIGITS_SIZE, pruned_widths
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 

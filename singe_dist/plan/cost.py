@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from singe_dist.errors import SingeError
+from singe_dist.plan.limits import check_metric
 from singe_dist.relevance.groups import ChannelGroup
 
 
@@ -27,8 +27,7 @@ class Footprint:
     params: int
 
     def get(self, metric: str) -> int:
-        if metric not in ("macs", "params"):
-            raise SingeError(f"budget metric must be 'macs' or 'params', got {metric!r}")
+        check_metric(metric)
         return self.macs if metric == "macs" else self.params
 
 

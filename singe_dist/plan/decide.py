@@ -10,6 +10,7 @@ from torch import nn
 
 from singe_dist.errors import SingeError
 from singe_dist.plan.cost import CostModel, Footprint, measure
+from singe_dist.plan.limits import check_limit, check_metric
 from singe_dist.plan.plan import Plan, apply_step
 from singe_dist.plan.select import Constraints, Selection, select_channels
 from singe_dist.relevance.criteria import CriterionConfig, compute_relevance, planned_path_sums, planned_scores
@@ -24,10 +25,10 @@ class Budget:
     remove_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.metric not in ("macs", "params"):
-            raise SingeError(f"budget metric must be 'macs' or 'params', got {self.metric!r}")
-        if not isinstance(self.remove_fraction, (int, float)) or not 0.0 < self.remove_fraction < 1.0:
+        check_metric(self.metric)
+        if not isinstance(self.remove_fraction, (int, float)):
             raise SingeError(f"budget fraction must be in (0, 1), got {self.remove_fraction!r}")
+        check_limit("remove_fraction", self.remove_fraction, "budget fraction")
 
     def target(self, original: Footprint, fraction: float | None = None) -> float:
         """The metric's value to reach, for ``fraction`` removed (default: the whole budget)."""

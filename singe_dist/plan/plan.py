@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -84,10 +83,6 @@ class Plan:
         """A hash of the decisions, used to check that all ranks took the same plan."""
         return hashlib.sha256(json.dumps(self.to_dict()["steps"], sort_keys=True).encode()).hexdigest()
 
-    @property
-    def removed_channels(self) -> int:
-        return sum(len(c) for step in self.steps for c in step.values())
-
 
 def _out_pruning_fn(module: nn.Module):  # noqa: ANN202 - a torch-pruning handler
     if isinstance(module, nn.Conv2d):
@@ -142,16 +137,3 @@ def replay(plan: Plan) -> nn.Module:
     from singe_dist.models import build_model
 
     return apply_plan(build_model(plan.arch, plan.num_classes), plan)
-
-
-def pruned_widths(model: nn.Module) -> dict[str, int]:
-    """Output width of every Conv2d / Linear, to compare architectures."""
-    return {
-        name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
-
-
-def state_dict_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from singe_dist.errors import SingeError
+from singe_dist.plan.limits import ALLOCATIONS, check_limit, check_metric
 from singe_dist.plan.cost import CostModel
 
 
@@ -42,17 +43,8 @@ class Constraints:
     max_remove_fraction: float = 1.0  # at most this fraction of a group's original width removed
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.max_remove_fraction <= 1.0:
-            raise SingeError(f"max_remove_fraction must be in (0, 1], got {self.max_remove_fraction}")
-        if not 0.0 <= self.min_keep_fraction < 1.0:
-            raise SingeError(f"min_keep_fraction must be in [0, 1), got {self.min_keep_fraction}")
-        if self.min_keep < 1:
-            raise SingeError(f"min_keep must be >= 1, got {self.min_keep}")
-        if self.round_to < 1:
-            raise SingeError(f"round_to must be >= 1, got {self.round_to}")
-
-
-ALLOCATIONS = ("global", "uniform")
+        for key in ("max_remove_fraction", "min_keep_fraction", "min_keep", "round_to"):
+            check_limit(key, getattr(self, key))
 
 
 @dataclass
@@ -105,8 +97,7 @@ def select_channels(
     ``uniform`` by the fraction of the group's original width removed once the unit is gone, so
     every group loses the same fraction and the scores only pick the channels inside a group.
     """
-    if metric not in ("macs", "params"):
-        raise SingeError(f"budget metric must be 'macs' or 'params', got {metric!r}")
+    check_metric(metric)
     if allocation not in ALLOCATIONS:
         raise SingeError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     unknown = [g for g in scores if g not in cost._groups_of_layer]  # noqa: SLF001
