@@ -49,3 +49,19 @@ def test_demo_writes_shards_trains_a_baseline_and_prunes_half_the_macs(tmp_path)
     model, *_ = load_model(tmp_path / "prune" / "pruned.pt")
     assert measure(model, (3, 16, 16)).macs == report["final"]["macs"]
     assert Plan.load(tmp_path / "prune" / "plan.json").digest() == report["plan_digest"]
+
+
+def test_the_relevance_flags_take_the_criterions_own_choices_and_defaults() -> None:
+    """One definition (relevance/config.py): the CLI's choices and the defaults its help shows are read from it."""
+    from singe_dist.cli import build_parser
+    from singe_dist.relevance.config import CHOICES, DEFAULTS
+
+    relevance = build_parser()._subparsers._group_actions[0].choices["relevance"]  # noqa: SLF001
+    flags = {o.dest: o for o in relevance._actions}  # noqa: SLF001
+    assert tuple(flags["criterion"].choices) == CHOICES["name"] == ("singe", "taylor", "magnitude", "random")
+    for field in ("path", "rule", "reduce", "loss", "norm"):
+        assert tuple(flags[field].choices) == CHOICES[field]
+    for dest, field in (("criterion", "name"), ("steps", "steps"), ("seed", "seed"), ("max_rows", "max_rows")):
+        assert flags[dest].default is None and f"({DEFAULTS[field]})" in flags[dest].help
+    args = build_parser().parse_args(["relevance", "--criterion", "taylor", "--steps", "3", "--norm", "1"])
+    assert (args.criterion, args.steps, args.norm) == ("taylor", 3, 1)

@@ -18,13 +18,13 @@ from singe_dist.errors import SingeError
 from singe_dist.plan.cost import measure
 from singe_dist.plan.plan import Plan
 
-from .support import DIGITS_SIZE, as_sets, run_cli, small_job_overrides
+from .support import DIGITS_SIZE, as_sets, run_cli, small_job_config, small_job_overrides
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 
 
 def _job(shards, baseline, out_dir, **extra) -> PruneJob:  # noqa: ANN001
-    return PruneJob(load_config(DEMO_CONFIG, small_job_overrides(shards, baseline, out_dir, **extra)), log=lambda _m: None)
+    return PruneJob(small_job_config(shards, baseline, out_dir, **extra), log=lambda _m: None)
 
 
 def test_entwined_run_meets_budget_and_report_matches_the_saved_checkpoint(digits_shards, digits_baseline, tmp_path) -> None:
@@ -66,7 +66,7 @@ def test_resume_after_a_crash_ends_with_the_same_plan_and_weights(digits_shards,
     saved = read_checkpoint(tmp_path / "crash" / "checkpoint.pt")
     assert saved["position"] == {"step": 1, "pruned": False, "iteration": 0}
     assert not (tmp_path / "crash" / "report.json").exists()
-    config = load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, tmp_path / "crash", prune__steps=3))
+    config = small_job_config(digits_shards, digits_baseline, tmp_path / "crash", prune__steps=3)
     resumed = PruneJob(config, resume=True, log=lambda _m: None).run()
 
     assert Plan.load(tmp_path / "crash" / "plan.json") == Plan.load(tmp_path / "ref" / "plan.json")
@@ -76,10 +76,13 @@ def test_resume_after_a_crash_ends_with_the_same_plan_and_weights(digits_shards,
     assert [r["finetuned"] for r in resumed["steps"]] == [r["finetuned"] for r in reference["steps"]]
 
 
-def test_resume_in_the_middle_of_fine_tuning(digits_shards, digits_baseline, tmp_path) -> None:
-    """Checkpoints every N iterations: a resume from one of them continues the same trajectory."""
-    extra = {"prune__steps": 1, "finetune__iters_per_step": 6, "run__checkpoint_every": 4, "finetune__final_iters": 0}
-    reference = _job(digits_shards, digits_baseline, tmp_path / "ref", **extra)
+# one pruning step of 6 fine-tune iterations, a checkpoint after iteration 4
+MID_STEP = {"prune__steps": 1, "finetune__iters_per_step": 6, "run__checkpoint_every": 4, "finetune__final_iters": 0}
+
+
+def _run_keeping_the_mid_step_checkpoint(shards, baseline, out_dir: Path) -> bytes:  # noqa: ANN001
+    """Run the MID_STEP job uninterrupted; the bytes of its checkpoint after iteration 4 of step 1."""
+    reference = _job(shards, baseline, out_dir, **MID_STEP)
     saved: list[bytes] = []
 
     def keep_mid_step(path: Path, position) -> None:  # noqa: ANN001
@@ -89,11 +92,21 @@ def test_resume_in_the_middle_of_fine_tuning(digits_shards, digits_baseline, tmp
     reference.checkpoint_hook = keep_mid_step
     reference.run()
     assert saved, "no mid-step checkpoint was written"
+    return saved[0]
+
+
+def _resume_from(shards, baseline, run_dir: Path, checkpoint: bytes) -> None:  # noqa: ANN001
+    """Resume the MID_STEP job in ``run_dir`` from ``checkpoint``, as if it had died there."""
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(checkpoint)
+    PruneJob(small_job_config(shards, baseline, run_dir, **MID_STEP), resume=True, log=lambda _m: None).run()
+
+
+def test_resume_in_the_middle_of_fine_tuning(digits_shards, digits_baseline, tmp_path) -> None:
+    """Checkpoints every N iterations: a resume from one of them continues the same trajectory."""
+    saved = _run_keeping_the_mid_step_checkpoint(digits_shards, digits_baseline, tmp_path / "ref")
     crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    (crashed / "checkpoint.pt").write_bytes(saved[0])  # as if the job died at iteration 4 of step 1
-    config = load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, crashed, **extra))
-    PruneJob(config, resume=True, log=lambda _m: None).run()
+    _resume_from(digits_shards, digits_baseline, crashed, saved)  # as if the job died at iteration 4 of step 1
     a = read_checkpoint(crashed / "pruned.pt")["state_dict"]
     b = read_checkpoint(tmp_path / "ref" / "pruned.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -119,20 +132,11 @@ def test_resume_in_the_middle_of_fine_tuning_restores_every_random_generator(
         return train_steps(*args, on_step=step, **kwargs)
 
     monkeypatch.setattr(loop, "train_steps", drawing_train_steps)
-    extra = {"prune__steps": 1, "finetune__iters_per_step": 6, "run__checkpoint_every": 4, "finetune__final_iters": 0}
-    reference = _job(digits_shards, digits_baseline, tmp_path / "ref", **extra)
-    saved: list[bytes] = []
-    reference.checkpoint_hook = lambda path, position: saved.append(path.read_bytes()) \
-        if position.pruned and position.iteration == 4 else None
-    reference.run()
+    saved = _run_keeping_the_mid_step_checkpoint(digits_shards, digits_baseline, tmp_path / "ref")
     expected = [d for d in draws if d[0] >= 4]
-    assert saved and [d[0] for d in expected] == [4, 5]
+    assert [d[0] for d in expected] == [4, 5]
     draws.clear()
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    (crashed / "checkpoint.pt").write_bytes(saved[0])  # as if the job died at iteration 4 of step 1
-    config = load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, crashed, **extra))
-    PruneJob(config, resume=True, log=lambda _m: None).run()
+    _resume_from(digits_shards, digits_baseline, tmp_path / "crashed", saved)
     assert draws == expected
 
 
@@ -152,7 +156,7 @@ def test_every_criterion_runs_through_the_same_engine(digits_shards, digits_base
                   finetune__final_iters=2, data__batch_size=16, **criterion).run()
     assert report["config"]["criterion.name"] == criterion["criterion__name"]
     assert report["final"]["fraction_removed"] >= 0.5
-    assert Plan.load(tmp_path / "run" / "plan.json").removed_channels > 0
+    assert sum(len(c) for step in Plan.load(tmp_path / "run" / "plan.json").steps for c in step.values()) > 0
 
 
 def test_schedules_reach_the_budget_gradually() -> None:
@@ -170,7 +174,7 @@ def test_existing_run_directory_is_never_overwritten_unless_asked(digits_shards,
         _job(digits_shards, digits_baseline, out, prune__steps=1).run()
     assert (out / "precious.txt").read_text() == "hours of work"
     with pytest.raises(SingeError, match="cannot resume"):
-        PruneJob(load_config(DEMO_CONFIG, small_job_overrides(digits_shards, digits_baseline, out)), resume=True).run()
+        PruneJob(small_job_config(digits_shards, digits_baseline, out), resume=True).run()
     assert (out / "precious.txt").exists()
 
 

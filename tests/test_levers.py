@@ -21,7 +21,7 @@ from singe_dist.plan.cost import CostModel
 from singe_dist.plan.select import Constraints, select_channels
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .support import DIGITS_SIZE, small_job_overrides
+from .support import DIGITS_SIZE, small_job_config
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 
@@ -176,9 +176,8 @@ def test_job_with_uniform_allocation_substeps_bn_and_distillation(digits_shards,
     from singe_dist.engine.loop import PruneJob
     from singe_dist.plan.plan import Plan
 
-    config = load_config(Path("jobs/configs/demo.yaml"), small_job_overrides(
-        digits_shards, digits_baseline, tmp_path / "run", prune__allocation="uniform", prune__substeps=2,
-        prune__bn_batches=1, finetune__distill_weight=0.5))
+    config = small_job_config(digits_shards, digits_baseline, tmp_path / "run", prune__allocation="uniform",
+                              prune__substeps=2, prune__bn_batches=1, finetune__distill_weight=0.5)
     report = PruneJob(config, log=lambda _m: None).run()
     plan = Plan.load(tmp_path / "run" / "plan.json")
     assert len(plan.steps) == 2 * 2  # two pruning steps of two greedy sub-steps each
@@ -192,8 +191,7 @@ def test_job_with_uniform_allocation_substeps_bn_and_distillation(digits_shards,
 def test_distillation_needs_a_baseline(digits_shards, tmp_path) -> None:
     from singe_dist.engine.loop import PruneJob
 
-    config = load_config(Path("jobs/configs/demo.yaml"), small_job_overrides(
-        digits_shards, None, tmp_path / "run", finetune__distill_weight=0.5))
+    config = small_job_config(digits_shards, None, tmp_path / "run", finetune__distill_weight=0.5)
     with pytest.raises(SingeError, match="distill_weight > 0 needs model.checkpoint"):
         PruneJob(config, log=lambda _m: None).run()
 
