@@ -29,16 +29,8 @@ from singe_dist.engine.collective import Collective, LocalCollective, assert_sam
 from singe_dist.engine.faults import injector_from_env
 from singe_dist.engine.latency import measure_latencies
 from singe_dist.engine.rng import restore_rng, seed_phase
-from singe_dist.engine.run_dir import (
-    CHECKPOINT_NAME,
-    Position,
-    clear_interrupted_writes,
-    prepare_run_dir,
-    read_job_checkpoint,
-    write_job_checkpoint,
-    write_report,
-    write_run_outputs,
-)
+from singe_dist.engine.run_dir import (CHECKPOINT_NAME, Position, clear_interrupted_writes, prepare_run_dir,
+                                      read_job_checkpoint, write_job_checkpoint, write_report, write_run_outputs)
 from singe_dist.engine.schedule import cumulative_fractions
 from singe_dist.engine.step_relevance import StepRelevance
 from singe_dist.engine.train import Progress, eval_sums, make_optimizer, pick_device, result_from_sums, train_steps
@@ -49,17 +41,8 @@ from singe_dist.plan.decide import Budget, decide_and_remove
 from singe_dist.plan.plan import Plan, apply_plan
 from singe_dist.plan.select import Constraints
 from singe_dist.relevance.groups import example_input, find_groups
-from singe_dist.report import (
-    add_wall_time,
-    baseline_entry,
-    baseline_metrics,
-    final_entry,
-    finish_row,
-    new_report,
-    step_metrics,
-    step_row,
-    summary_table,
-)
+from singe_dist.report import (add_wall_time, baseline_entry, baseline_metrics, final_entry, finish_row, new_report,
+                               step_metrics, step_row, summary_table)
 from singe_dist.tracking.base import NullTracker, Tracker
 
 
