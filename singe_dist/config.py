@@ -78,7 +78,7 @@ class PruneConfig:
     min_keep: int = 1
     round_to: int = 1
     normalize_by_cost: bool = False
-    allocation: Literal["global", "uniform"] = "global"  # how many channels each group loses (plan/select.py)
+    allocation: Literal["global", "uniform"] = "uniform"  # channels each group loses (plan/select.py; BENCHMARKS)
     max_remove_fraction: float = 1.0  # cap on the fraction of any group's original width removed (global)
     substeps: int = 1  # greedy: split each step's removal in this many, relevance re-estimated in between
     bn_batches: int = 4  # calibration batches that re-estimate BatchNorm statistics after each removal (0: off)
