@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -288,3 +289,39 @@ def test_the_local_runtime_is_its_own_even_when_ray_start_recorded_a_cluster(tmp
         assert gcs and gcs[0] != "127.0.0.1:9" and gcs[0].startswith("127.0.0.1:"), proc.stdout
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_local_ray_job_that_loses_every_worker_ends_with_one_line_and_resumes(
+    digits_shards, digits_baseline, tmp_path
+) -> None:
+    """Every Ray Train worker process dies mid-run (os._exit right after step 1's checkpoint, as a kill
+    would), beyond ``distributed.max_failures=0``: the driver ends within bounded time with the one line
+    that names what Ray saw and how to continue, and ``--resume`` (without
+    the fault) completes the job from the checkpoint the dead workers left."""
+    run_dir = tmp_path / "run"
+    sets = as_sets(small_job_overrides(digits_shards, digits_baseline, run_dir, prune__steps=2,
+                                       distributed__num_workers=2, distributed__max_failures=0,
+                                       distributed__torch_threads=1, distributed__start_timeout_s=300))
+    command = [sys.executable, "-m", "singe_dist.cli", "prune", "--config", str(DEMO_CONFIG), *sets]
+    t0 = time.monotonic()
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env=_env(SINGE_DIST_FAIL_AT="step:1", SINGE_DIST_FAIL_MODE="exit"))  # every rank
+    elapsed = time.monotonic() - t0
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-4000:]
+    assert "step 1/2" in proc.stdout and "step 2/2" not in proc.stdout  # it died after step 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-4000:]
+    # the cause Ray reported: the rank that was killed, or one that lost its peer in a collective
+    assert re.match(r"singe-dist prune: error: the Ray workers failed \(distributed\.max_failures=0: no restart\); "
+                    r"rank [01]: \w+", lines[0]), lines[0]
+    assert lines[0].endswith("continue from the last checkpoint with --resume"), lines[0]
+    assert "Traceback" not in output
+    assert elapsed < 400, elapsed  # start-up, step 1 and shutdown on a busy 2-core machine
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "plan.json").exists()
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert f"resuming {run_dir} at step 2" in resumed.stdout, resumed.stdout[-3000:]
+    assert [s["step"] for s in json.loads((run_dir / "report.json").read_text())["steps"]] == [1, 2]
