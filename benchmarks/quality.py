@@ -391,11 +391,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _cell(rows: list[dict], key: str) -> str:
-    if not rows:
+def _cell(values: list[float]) -> str:
+    if not values:
         return "-"
-    mean, std = _mean_std([r[key] for r in rows])
+    mean, std = _mean_std(values)
     return f"{mean:.4f} ± {std:.4f}"
+
+
+def _pick(data: dict, part: str, label: str, allocation: str, fraction: float, key: str) -> list[float]:
+    """``key`` of every stored cell of ``part`` for this criterion, allocation and budget (one per seed)."""
+    return [r[key] for r in data[part].values() if r["criterion"] == label and r["allocation"] == allocation
+            and abs(r["target"] - fraction) < 1e-9]
 
 
 def table(data: dict, criteria: list[str], allocations: list[str], fractions: list[float]) -> str:
@@ -406,25 +412,18 @@ def table(data: dict, criteria: list[str], allocations: list[str], fractions: li
     for fraction in fractions:
         for allocation in allocations:
             for label in criteria:
-                pick = lambda part: [r for r in data[part].values() if r["criterion"] == label  # noqa: E731
-                                     and r["allocation"] == allocation and abs(r["target"] - fraction) < 1e-9]
-                one, ent = pick("oneshot"), pick("entwined")
-                if not one and not ent:
+                cell = lambda part, key: _pick(data, part, label, allocation, fraction, key)  # noqa: E731
+                one, short, long_, rel = (cell("oneshot", "top1"), cell("entwined", "short_top1"),
+                                          cell("entwined", "long_top1"), cell("oneshot", "relevance_s"))
+                if not one and not short:
                     continue
-                rel = [r["relevance_s"] for r in one]
-                body.append([f"{fraction:.0%}", allocation, label, _cell(one, "top1"),
-                             _cell(ent, "short_top1"), _cell(ent, "long_top1"),
-                             f"{statistics.fmean(rel):.1f}" if rel else "-", f"{len(one)}/{len(ent)}"])
+                body.append([f"{fraction:.0%}", allocation, label, _cell(one), _cell(short), _cell(long_),
+                             f"{statistics.fmean(rel):.1f}" if rel else "-", f"{len(one)}/{len(short)}"])
     return format_table(["MACs removed", "allocation", "criterion", "one-shot, BN re-estimated",
                          "entwined, short FT", "entwined, long FT", "one-shot relevance s", "seeds (one-shot/entwined)"], body)
 
 
 BASELINES = ("taylor", "magnitude L2", "random")
-
-
-def _pick(data: dict, part: str, label: str, allocation: str, fraction: float, key: str) -> list[float]:
-    return [r[key] for r in data[part].values() if r["criterion"] == label and r["allocation"] == allocation
-            and abs(r["target"] - fraction) < 1e-9]
 
 
 def dev_choice(data: dict, fractions: list[float]) -> tuple[list[tuple[str, str]], str]:
@@ -515,8 +514,7 @@ def plot(data: dict, criteria: list[str], allocations: list[str], fractions: lis
             for label in criteria:
                 xs, ys, es = [], [], []
                 for f in fractions:
-                    sel = [r[key] for r in data[part].values() if r["criterion"] == label
-                           and r["allocation"] == allocation and abs(r["target"] - f) < 1e-9]
+                    sel = _pick(data, part, label, allocation, f, key)
                     if sel:
                         m, s = _mean_std(sel)
                         xs.append(100 * f), ys.append(m), es.append(s)

@@ -19,7 +19,7 @@ import yaml
 
 from singe_dist.errors import SingeError
 from singe_dist.plan.limits import LIMITS, check_limit
-from singe_dist.relevance.config import CriterionConfig
+from singe_dist.relevance.config import CriterionConfig, CriterionName
 
 
 @dataclass
@@ -70,7 +70,7 @@ class CriterionSection(CriterionConfig):
     relevance`` and is one key away (``criterion.name: singe``), as in the shipped job configs.
     """
 
-    name: Literal["singe", "taylor", "magnitude", "random"] = "magnitude"
+    name: CriterionName = "magnitude"
     calibration_batches: int = 4  # fresh batches per pruning step (per rank with split=data)
     split: Literal["data", "channels"] = "data"  # how ranks share relevance work (channels: path=channel only)
 

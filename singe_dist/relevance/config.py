@@ -15,11 +15,14 @@ from typing import Any, Literal
 from singe_dist.errors import SingeError
 
 
+CriterionName = Literal["singe", "taylor", "magnitude", "random"]
+
+
 @dataclass(frozen=True)
 class CriterionConfig:
     """How relevance is computed. Defaults follow the design notes (S = 8, midpoint rule)."""
 
-    name: Literal["singe", "taylor", "magnitude", "random"] = "singe"
+    name: CriterionName = "singe"
     path: Literal["group", "channel"] = "group"
     steps: int = 8
     rule: Literal["midpoint", "trapezoid"] = "midpoint"
