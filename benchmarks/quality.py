@@ -59,7 +59,13 @@ class Criterion:
     def channel_path(self) -> bool:
         return "criterion.path=channel" in self.overrides
 
+    @property
+    def fine_tune_lever(self) -> bool:
+        """A setting of the fine-tuning (distillation): it changes only part (ii), so part (i) skips it."""
+        return any(o.startswith("finetune.") for o in self.overrides)
 
+
+DISTILL = ("finetune.distill_weight=0.5", "finetune.distill_temperature=4")
 CRITERIA = {
     c.label: c
     for c in (
@@ -75,9 +81,14 @@ CRITERIA = {
         Criterion("taylor", ("criterion.name=taylor",)),
         Criterion("magnitude L2", ("criterion.name=magnitude", "criterion.norm=2")),
         Criterion("random", ("criterion.name=random",)),
+        # distillation while fine-tuning (weight and temperature fixed before any was measured: Hinton's T = 4)
+        Criterion("magnitude L2 distill", ("criterion.name=magnitude", "criterion.norm=2", *DISTILL)),
+        Criterion("singe group signed replan distill", ("criterion.name=singe", "criterion.path=group",
+                                                        "criterion.reduce=signed", "criterion.replan=2", *DISTILL)),
     )
 }
-ENTWINED_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].channel_path]
+ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]
+ENTWINED_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].channel_path and not CRITERIA[c].fine_tune_lever]
 GREEDY_EVERY = 0.1
 ALLOCATIONS = ("global", "uniform")
 
@@ -520,7 +531,7 @@ def plot(data: dict, criteria: list[str], allocations: list[str], fractions: lis
                         xs.append(100 * f), ys.append(m), es.append(s)
                 if xs:
                     ax.errorbar(xs, ys, yerr=es, label=label, marker="o", capsize=3,
-                                color=f"C{criteria.index(label) % 10}",  # one colour per criterion in every panel
+                                color=plt.get_cmap("tab20")(criteria.index(label) % 20),  # one colour per criterion
                                 linestyle="-" if label.startswith("singe") else "--")
             ax.axhline(base, color="grey", linewidth=0.8, label="unpruned (mean)")
             ax.set(title=f"{title} ({allocation})", xlabel="MACs removed (%)", ylabel="top-1 (test)")
@@ -534,7 +545,7 @@ def plot(data: dict, criteria: list[str], allocations: list[str], fractions: lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA), metavar="CRITERION")
+    parser.add_argument("--criteria", nargs="+", default=ONE_SHOT_DEFAULT, choices=list(CRITERIA), metavar="CRITERION")
     parser.add_argument("--entwined-criteria", nargs="*", default=ENTWINED_DEFAULT, choices=list(CRITERIA),
                         metavar="CRITERION", help="criteria of part (ii) (default: all but the channel path)")
     parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
@@ -605,7 +616,8 @@ def main() -> None:
               f"S={args.path_points}; entwined: {args.steps} steps x {args.iters} iters (short) + {args.final_iters} "
               f"final (long); threads={args.threads} device={args.device} cpu={platform.machine()} "
               f"torch={torch.__version__} date={datetime.date.today()} ({time.perf_counter() - start:.0f}s)")
-    text = header + "\n\n" + table(store.data, args.criteria, args.allocations, args.fractions)
+    shown = list(CRITERIA)  # every setting with stored cells gets its row (the table skips the others)
+    text = header + "\n\n" + table(store.data, shown, args.allocations, args.fractions)
     if store.data["entwined"]:
         ranked, choice_text = dev_choice(store.data, args.decide_fractions)
         text += "\n\n" + choice_text
@@ -618,7 +630,7 @@ def main() -> None:
 
         atomic_write_text(args.out.with_suffix(".md"), text + "\n")
     if args.plot:
-        plot(store.data, args.criteria, args.allocations, args.fractions, test_m, args.plot)
+        plot(store.data, shown, args.allocations, args.fractions, test_m, args.plot)
 
 
 if __name__ == "__main__":
