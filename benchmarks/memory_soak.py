@@ -78,10 +78,9 @@ def _keep_every_channel() -> None:
     from singe_dist.plan.cost import CostModel
     from singe_dist.plan.select import select_channels
 
-    def select_only(model, groups, scores, input_size, metric, target, constraints, normalize, sizes,  # noqa: ANN001, ANN202
-                    allocation="global", **_replan):  # noqa: ANN001, ANN003 - re-planning (rescore, rounds) is skipped
-        chosen = select_channels(scores, CostModel(model, groups, input_size), metric, target, constraints, normalize,
-                                 sizes, allocation)
+    def select_only(model, groups, scores, input_size, target, policy, **_replan):  # noqa: ANN001, ANN003, ANN202
+        # re-planning (rescore, rounds) is skipped
+        chosen = select_channels(scores, CostModel(model, groups, input_size), target, policy)
         return dataclasses.replace(chosen, channels={})
 
     loop.decide_and_remove = select_only

@@ -198,6 +198,7 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
     from singe_dist.data.streams import DataStreams
     from singe_dist.engine.train import evaluate, recalibrate_batchnorm
     from singe_dist.plan.decide import Budget, prune_one_shot
+    from singe_dist.plan.select import Policy
     from singe_dist.relevance.criteria import accumulate, compute_relevance
     from singe_dist.relevance.groups import example_input, find_groups
 
@@ -239,7 +240,7 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
                 pruned, _, _, _ = load_model(path)
                 pruned = pruned.to(_device(args))
                 prune_one_shot(pruned, config.model.arch, 10, size, calibration, config.criterion,
-                               Budget("macs", fraction), allocation=allocation, scores=scores)
+                               Budget("macs", fraction), Policy(allocation=allocation), scores=scores)
                 recalibrate_batchnorm(pruned, calibration)
                 row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
                        "top1": evaluate(pruned, test_batches).top1, "dev_top1": evaluate(pruned, dev_batches).top1, "relevance_s": seconds}
@@ -258,6 +259,7 @@ def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_ba
     from singe_dist.engine.train import evaluate, recalibrate_batchnorm
     from singe_dist.plan.cost import measure
     from singe_dist.plan.decide import decide_and_remove
+    from singe_dist.plan.select import Policy
     from singe_dist.relevance.criteria import compute_relevance
     from singe_dist.relevance.groups import example_input, find_groups
 
@@ -273,8 +275,8 @@ def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_ba
         for fraction in stops:
             groups = find_groups(model, example_input(model, size))
             scores = compute_relevance(model, groups, calibration, config.criterion)
-            decide_and_remove(model, groups, scores, size, "macs", original * (1 - fraction), original_sizes=original_sizes,
-                              allocation=allocation)
+            decide_and_remove(model, groups, scores, size, original * (1 - fraction),
+                              Policy(allocation=allocation, original_sizes=original_sizes))
             recalibrate_batchnorm(model, calibration)
             if fraction in wanted:
                 row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
@@ -374,7 +376,7 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
         flat = torch.cat([scores[g.id] for g in groups]).numpy()
         pruned = copy.deepcopy(model)
         cost = CostModel(pruned, find_groups(pruned, example_input(pruned, size)), size)
-        chosen = select_channels(scores, cost, "macs", cost.macs * (1 - fraction)).channels
+        chosen = select_channels(scores, cost, cost.macs * (1 - fraction)).channels
         predicted = sum(float(loo[gid][idx].sum()) for gid, idx in chosen.items())
         apply_step(pruned, chosen, size)
         recalibrate_batchnorm(pruned, calibration)

@@ -62,7 +62,7 @@ from singe_dist.atomic import atomic_write, atomic_write_text  # noqa: E402
 from singe_dist.models import build_model  # noqa: E402
 from singe_dist.plan.cost import measure  # noqa: E402
 from singe_dist.plan.decide import Budget, prune_one_shot  # noqa: E402
-from singe_dist.plan.select import Constraints  # noqa: E402
+from singe_dist.plan.select import Constraints, Policy  # noqa: E402
 from singe_dist.relevance.config import CriterionConfig  # noqa: E402
 from singe_dist.report import format_table  # noqa: E402
 
@@ -121,7 +121,7 @@ def _build_configs(args: argparse.Namespace) -> list[dict]:
                     start = time.perf_counter()
                     _plan, selection = prune_one_shot(
                         model, arch, NUM_CLASSES, size, None, CriterionConfig(name=criterion),
-                        Budget("macs", fraction), Constraints(round_to=round_to))
+                        Budget("macs", fraction), Policy(constraints=Constraints(round_to=round_to)))
                     prune_s = time.perf_counter() - start
                     footprint = measure(model.eval(), size)
                     configs.append({"model": arch, "criterion": criterion, "fraction": fraction, "round_to": round_to,

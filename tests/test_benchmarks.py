@@ -1,14 +1,20 @@
-"""Smoke runs of the benchmark scripts: they run from the README's environment and print a table.
+"""Smoke runs of every script under benchmarks/: they run from the README's environment and print a table.
 
-Their numbers are not checked here (timings belong in docs/BENCHMARKS.md, not in assertions).
+Their numbers are not checked here (timings belong in docs/BENCHMARKS.md, not in assertions); the
+tables' shapes are, and whatever is deterministic (footprints within budget, rankings never against
+themselves).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +114,90 @@ def test_gpu_script_smoke() -> None:
     assert names[-1] == "DDP fine-tune, 2 rank(s)"
     for row in body:
         assert float(row[2].replace(",", "")) > 0 and row[4].endswith("x")
+
+
+# benchmarks/data_throughput.py: images per second of each reader
+def test_data_throughput_smoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "data_throughput.py"), "--smoke"])
+    runpy.run_path(str(ROOT / "benchmarks" / "data_throughput.py"), run_name="__main__")
+    tables = [block for block in capsys.readouterr().out.split("\n\n") if block.lstrip().startswith("|")]
+    assert tables, "no markdown table printed"
+    lines = tables[0].strip().splitlines()
+    width = lines[0].count("|")
+    assert re.fullmatch(r"\|( *:?-+:? *\|)+", lines[1])
+    assert len(lines) >= 4 and all(line.count("|") == width for line in lines)
+    readers = {line.split("|")[1].strip() for line in lines[2:]}
+    assert readers == {"webdataset shards (singe-dist reader)", "torchvision ImageFolder (PIL recipe)",
+                       "ImageFolder, singe-dist decode + transforms"}
+    column = [cell.strip() for cell in lines[0].split("|")].index("images/s")
+    speeds = [float(line.split("|")[column]) for line in lines[2:]]
+    assert all(speed > 0 for speed in speeds)
+
+
+# benchmarks/speedup.py: latency of pruned models; timings unchecked, footprints within the budget
+SPEEDUP_MODELS = ("resnet50", "mobilenet_v2")
+SPEEDUP_CRITERIA = ("magnitude", "random")
+
+
+def _millions(cell: str) -> float:
+    assert cell.endswith("M"), cell
+    return float(cell[:-1].replace(",", ""))
+
+
+def test_speedup_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "speedup.md"
+    plot = tmp_path / "speedup.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speedup.py"), "--smoke",
+                           "--out", str(out), "--plot", str(plot)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    header_line = proc.stdout.splitlines()[0]
+    for key in ("models=", "input=64x64", "threads=1", "cpu=", "torch=", "date="):
+        assert key in header_line, header_line
+
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header[:7] == ["model", "criterion", "MACs removed (budget)", "round_to", "MACs", "MACs removed", "params"]
+    assert header[7:] == ["b1 ms", "b1 p25-p75 ms", "b1 speed-up", "b1 CPU ms", "b1 CPU speed-up"]
+    # per model: the unpruned row, then criterion x round_to (1, 8) at the one smoke fraction (50%)
+    expected = []
+    for m in SPEEDUP_MODELS:
+        expected.append((m, "-", "0%", "-"))
+        expected += [(m, c, "50%", r) for c in SPEEDUP_CRITERIA for r in ("1", "8")]
+    assert [tuple(r[:4]) for r in body] == expected
+
+    base_macs = {r[0]: _millions(r[4]) for r in body if r[1] == "-"}
+    for row in body:
+        ms, spread, speedup, cpu_ms, cpu_speedup = row[7:12]
+        assert float(ms) > 0 and float(cpu_ms) > 0
+        low, high = (float(v) for v in spread.split("-"))
+        assert 0 < low <= high
+        for cell in (speedup, cpu_speedup):
+            assert cell.endswith("x") and float(cell[:-1]) > 0
+        if row[1] == "-":
+            assert speedup == cpu_speedup == "1.00x" and row[5] == "0.0%"
+            continue
+        macs = _millions(row[4])
+        assert macs < base_macs[row[0]]
+        assert macs <= 0.5 * base_macs[row[0]] + 0.1  # within the 50% budget (table rounds to 0.1M)
+        assert float(row[5].rstrip("%")) >= 50.0
+
+    # the files: the same table in markdown, exact numbers in JSON, a PNG
+    assert out.read_text().count("\n|") == len(body) + 2  # header, separator, rows
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["threads"] == 1 and len(data["results"]) == len(body)
+    for r in data["results"]:
+        assert r["macs"] <= (1.0 - r["fraction"]) * r["base_macs"]
+        assert r["latency"]["1"]["median_ms"] > 0 and len(r["latency"]["1"]["times_ms"]) == 2
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# benchmarks/memory_soak.py: resident memory per step (docs/RELIABILITY.md)
+def test_memory_soak_benchmark_smoke(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "memory_soak.py"), "--smoke"])
+    runpy.run_path(str(ROOT / "benchmarks" / "memory_soak.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table[0].replace(" ", "") == "|step|RSSMB|deltaMB|" and re.fullmatch(r"\|[-|]+\|", table[1])
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"] and all(float(r[1]) > 50 for r in rows)
+    assert re.search(r"^slope over the second half: [+-]\d+\.\d+ MB/step", out, re.MULTILINE), out

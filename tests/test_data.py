@@ -13,7 +13,6 @@ import logging
 import multiprocessing
 import random
 import re
-import runpy
 import sys
 import tarfile
 from pathlib import Path
@@ -33,7 +32,6 @@ from singe_dist.data.shards import ShardDataset, resolve_rank, shard_loader, slo
 from singe_dist.data.transforms import eval_transform
 from singe_dist.errors import SingeError
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "data_throughput.py"
 # uneven shard sizes (one empty): 5 shards, fewer than the 6 slots of 3 ranks x 2 workers
 SHARD_SIZES = (7, 1, 4, 0, 5)
 NUM_SAMPLES = sum(SHARD_SIZES)
@@ -312,19 +310,3 @@ def test_bad_labels_are_one_line_errors(tmp_path: Path, bad_sample: dict, fragme
 
 # --- the benchmark script ----------------------------------------------------------------------------
 
-
-def test_benchmark_smoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(sys, "argv", [str(BENCHMARK), "--smoke"])
-    runpy.run_path(str(BENCHMARK), run_name="__main__")
-    tables = [block for block in capsys.readouterr().out.split("\n\n") if block.lstrip().startswith("|")]
-    assert tables, "no markdown table printed"
-    lines = tables[0].strip().splitlines()
-    width = lines[0].count("|")
-    assert re.fullmatch(r"\|( *:?-+:? *\|)+", lines[1])
-    assert len(lines) >= 4 and all(line.count("|") == width for line in lines)
-    readers = {line.split("|")[1].strip() for line in lines[2:]}
-    assert readers == {"webdataset shards (singe-dist reader)", "torchvision ImageFolder (PIL recipe)",
-                       "ImageFolder, singe-dist decode + transforms"}
-    column = [cell.strip() for cell in lines[0].split("|")].index("images/s")
-    speeds = [float(line.split("|")[column]) for line in lines[2:]]
-    assert all(speed > 0 for speed in speeds)

@@ -18,7 +18,7 @@ from singe_dist.engine.train import distillation_loss, recalibrate_batchnorm, te
 from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.plan.cost import CostModel
-from singe_dist.plan.select import Constraints, select_channels
+from singe_dist.plan.select import Constraints, Policy, select_channels
 from singe_dist.relevance.groups import example_input, find_groups
 
 from .support import DIGITS_SIZE, small_job_config
@@ -96,7 +96,7 @@ def test_uniform_allocation_removes_the_same_fraction_from_every_group(round_to:
     groups = find_groups(model, example_input(model, (3, 28, 28)))
     cost = CostModel(model, groups, (3, 28, 28))
     constraints = Constraints(min_keep_fraction=0.1, round_to=round_to)
-    selection = select_channels(_scores(groups), cost, "macs", cost.macs * 0.5, constraints, allocation="uniform")
+    selection = select_channels(_scores(groups), cost, cost.macs * 0.5, Policy(constraints=constraints, allocation="uniform"))
     assert selection.reached
     fractions = {g.id: len(selection.channels.get(g.id, [])) / g.size for g in groups}
     unit = max(round_to, 1) / min(g.size for g in groups)
@@ -110,7 +110,7 @@ def test_uniform_allocation_removes_the_same_fraction_from_every_group(round_to:
     model = build_model("cifar_resnet20", 10)
     groups = find_groups(model, example_input(model, (3, 28, 28)))
     cost = CostModel(model, groups, (3, 28, 28))
-    global_sel = select_channels(_scores(groups), cost, "macs", cost.macs * 0.5, constraints)
+    global_sel = select_channels(_scores(groups), cost, cost.macs * 0.5, Policy(constraints=constraints))
     spread = [len(global_sel.channels.get(g.id, [])) / g.size for g in groups]
     assert max(spread) - min(spread) > 2 * unit
 
@@ -122,7 +122,7 @@ def test_max_remove_fraction_caps_every_group_relative_to_its_original_width() -
     first = next(g for g in groups if g.size == 64)
     scores[first.id] = scores[first.id] - 10.0  # this group alone looks removable: global would strip it
     cost = CostModel(model, groups, (3, 28, 28))
-    capped = select_channels(scores, cost, "macs", cost.macs * 0.6, Constraints(max_remove_fraction=0.5))
+    capped = select_channels(scores, cost, cost.macs * 0.6, Policy(constraints=Constraints(max_remove_fraction=0.5)))
     assert capped.reached
     assert len(capped.channels[first.id]) == 32
     assert all(len(c) <= math.floor(0.5 * g.size) for g in groups for c in [capped.channels.get(g.id, [])])
@@ -130,8 +130,8 @@ def test_max_remove_fraction_caps_every_group_relative_to_its_original_width() -
     cost = CostModel(model, groups, (3, 28, 28))
     sizes = {g.id: g.size for g in groups}
     original = {**sizes, first.id: 64 + 24}
-    later = select_channels(scores, cost, "macs", cost.macs * 0.6, Constraints(max_remove_fraction=0.5),
-                            original_sizes=original)
+    later = select_channels(scores, cost, cost.macs * 0.6,
+                            Policy(constraints=Constraints(max_remove_fraction=0.5), original_sizes=original))
     assert len(later.channels[first.id]) == 44 - 24
 
 

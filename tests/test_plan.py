@@ -13,7 +13,7 @@ from singe_dist.models import build_model
 from singe_dist.plan.cost import CostModel, measure
 from singe_dist.plan.decide import Budget, decide_and_remove, prune_one_shot
 from singe_dist.plan.plan import Plan, apply_plan, replay
-from singe_dist.plan.select import Constraints, select_channels
+from singe_dist.plan.select import Constraints, Policy, select_channels
 from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
 from singe_dist.relevance.groups import example_input, find_groups
 
@@ -30,7 +30,7 @@ def test_plan_json_round_trip_and_replay_give_identical_outputs(trained_digits_m
     groups = find_groups(model, example_input(model, INPUT))
     scores = compute_relevance(model, groups, None, CriterionConfig(name="magnitude"))
     target = measure(model, INPUT).macs * 0.8
-    sel = decide_and_remove(model, groups, scores, INPUT, "macs", target)
+    sel = decide_and_remove(model, groups, scores, INPUT, target)
     plan.steps.append(sel.channels)
 
     plan.save(tmp_path / "plan.json")
@@ -61,7 +61,7 @@ def test_budget_met_within_one_channel_and_cost_model_is_exact(arch: str, size: 
     scores = compute_relevance(model, groups, None, CriterionConfig(name="random", seed=1))
     original = measure(model, input_size)
     budget = Budget(metric, 0.5)
-    selection = decide_and_remove(model, groups, scores, input_size, metric, budget.target(original))
+    selection = decide_and_remove(model, groups, scores, input_size, budget.target(original), Policy(metric))
     after = measure(model, input_size)
     assert (selection.macs, selection.params) == (after.macs, after.params)  # prediction == measurement
     target = budget.target(original)
@@ -93,7 +93,7 @@ def test_rounding_minimum_keep_and_ignored_layers() -> None:
     scores = compute_relevance(model, groups, None, CriterionConfig(name="random"))
     constraints = Constraints(min_keep_fraction=0.25, min_keep=12, round_to=8)
     original = measure(model, input_size)
-    sel = decide_and_remove(model, groups, scores, input_size, "macs", original.macs * 0.3, constraints)
+    sel = decide_and_remove(model, groups, scores, input_size, original.macs * 0.3, Policy(constraints=constraints))
     widths = pruned_widths(model)
     for gid, size in sizes.items():
         kept = widths[gid]
@@ -110,7 +110,7 @@ def test_ties_are_broken_deterministically() -> None:
     for order in (groups, list(reversed(groups))):
         cost = CostModel(model, order, INPUT)
         scores = {g.id: flat[g.id] for g in order}
-        picks.append(select_channels(scores, cost, "macs", cost.base.macs * 0.7).channels)
+        picks.append(select_channels(scores, cost, cost.base.macs * 0.7).channels)
     assert picks[0] == picks[1]
     first_group = sorted(flat)[0]
     assert picks[0][first_group][:3] == [0, 1, 2]  # group id, then channel index
@@ -122,7 +122,20 @@ def test_cost_normalised_ranking_prefers_expensive_channels() -> None:
     scores = {g.id: torch.ones(g.size, dtype=torch.float64) for g in groups}
     costs = CostModel(model, groups, INPUT).channel_costs()
     cheapest_macs = min(costs, key=lambda gid: costs[gid][0])
-    sel = select_channels(scores, CostModel(model, groups, INPUT), "macs", measure(model, INPUT).macs * 0.95,
-                          normalize_by_cost=True)
+    sel = select_channels(scores, CostModel(model, groups, INPUT), measure(model, INPUT).macs * 0.95,
+                          Policy(normalize_by_cost=True))
     assert cheapest_macs not in sel.channels
     assert max(sel.channels, key=lambda gid: len(sel.channels[gid])) == max(costs, key=lambda gid: costs[gid][0])
+
+
+def test_a_selection_policy_is_checked_once_and_must_count_what_the_budget_counts() -> None:
+    from singe_dist.errors import SingeError
+
+    with pytest.raises(SingeError, match="allocation must be one of global, uniform, got 'even'"):
+        Policy(allocation="even")
+    with pytest.raises(SingeError, match="metric"):
+        Policy(metric="flops")
+    model = build_model("digits_resnet", 10).eval()
+    with pytest.raises(SingeError, match="policy counts params but the budget counts macs"):
+        prune_one_shot(model, "digits_resnet", 10, INPUT, None, CriterionConfig(name="magnitude"), Budget("macs", 0.3),
+                       Policy(metric="params"))

@@ -12,6 +12,7 @@ shard that disappears mid-run stops the job instead of shortening the evaluation
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from singe_dist.models import build_model
 from singe_dist.plan.cost import Footprint, measure
 from singe_dist.plan.decide import Budget, decide_and_remove
 from singe_dist.plan.plan import Plan, apply_plan
-from singe_dist.plan.select import Constraints
+from singe_dist.plan.select import Constraints, Policy
 from singe_dist.relevance.groups import example_input, find_groups
 from singe_dist.report import (add_wall_time, baseline_entry, baseline_metrics, final_entry, finish_row, new_report,
                                step_metrics, step_row, summary_table)
@@ -77,7 +78,8 @@ class PruneJob:
         self.input_size = (3, config.data.image_size, config.data.image_size)
         p = config.prune
         self.budget = Budget(p.metric, p.remove_fraction)
-        self.constraints = Constraints(p.min_keep_fraction, p.min_keep, p.round_to, p.max_remove_fraction)
+        self.policy = Policy(p.metric, Constraints(p.min_keep_fraction, p.min_keep, p.round_to, p.max_remove_fraction),
+                             p.allocation, p.normalize_by_cost)  # original widths added when the run starts
         self.fractions = cumulative_fractions(p.remove_fraction, p.steps, p.schedule)
         self.faults = injector_from_env(self.run_dir, self.col.rank, log)  # NO_FAULTS unless a test asks
         # set when the run starts (_start)
@@ -137,6 +139,7 @@ class PruneJob:
         original_model = build_model(cfg.model.arch, cfg.model.num_classes)
         self.original = measure(original_model, self.input_size)
         self.original_sizes = _group_widths(original_model, self.input_size, cfg.model.ignored_layers)
+        self.policy = dataclasses.replace(self.policy, original_sizes=self.original_sizes)
         del original_model
 
         opt_state = None
@@ -208,8 +211,7 @@ class PruneJob:
             t_rel += time.perf_counter() - t0
             target = self.budget.target(self.original, previous + (self.fractions[t] - previous) * (sub + 1) / k)
             selection = decide_and_remove(
-                model, groups, scores, self.input_size, cfg.prune.metric, target, self.constraints,
-                cfg.prune.normalize_by_cost, self.original_sizes, cfg.prune.allocation,
+                model, groups, scores, self.input_size, target, self.policy,
                 rescore=lambda plan, g=groups: relevance.rescore(model, g, plan, t), rounds=cfg.criterion.replan)
             plan.steps.append(selection.channels)
             assert_same_plan(self.col, plan)

@@ -12,7 +12,7 @@ from singe_dist.errors import SingeError
 from singe_dist.plan.cost import CostModel, Footprint, measure
 from singe_dist.plan.limits import check_limit, check_metric
 from singe_dist.plan.plan import Plan, apply_step
-from singe_dist.plan.select import Constraints, Selection, select_channels
+from singe_dist.plan.select import Policy, Selection, select_channels
 from singe_dist.relevance.criteria import CriterionConfig, compute_relevance, planned_path_sums, planned_scores
 from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
 
@@ -41,16 +41,12 @@ def decide_and_remove(
     groups: Sequence[ChannelGroup],
     scores: Mapping[str, torch.Tensor],
     input_size: tuple[int, int, int],
-    metric: str,
     target: float,
-    constraints: Constraints = Constraints(),
-    normalize_by_cost: bool = False,
-    original_sizes: Mapping[str, int] | None = None,
-    allocation: str = "global",
+    policy: Policy = Policy(),
     rescore: Callable[[dict[str, list[int]]], Mapping[str, torch.Tensor]] | None = None,
     rounds: int = 0,
 ) -> Selection:
-    """Select the least relevant channels down to ``target`` and remove them from ``model`` in place.
+    """Select the least relevant channels down to ``target`` (of ``policy.metric``) and remove them in place.
 
     ``rescore`` and ``rounds``: re-plan ``rounds`` times. ``rescore(plan)`` scores the planned channels
     by their share of the plan's *joint* removal (NaN outside the plan, see
@@ -59,8 +55,7 @@ def decide_and_remove(
     essential together with the rest of the plan is then traded for one that is not.
     """
     def select(current: Mapping[str, torch.Tensor]) -> Selection:
-        return select_channels(current, CostModel(model, groups, input_size), metric, target, constraints,
-                               normalize_by_cost, original_sizes, allocation)
+        return select_channels(current, CostModel(model, groups, input_size), target, policy)
 
     selection = select(scores)
     current = {gid: s.detach().double().cpu().clone() for gid, s in scores.items()}
@@ -86,16 +81,17 @@ def prune_one_shot(
     calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
     criterion: CriterionConfig,
     budget: Budget,
-    constraints: Constraints = Constraints(),
-    normalize_by_cost: bool = False,
+    policy: Policy = Policy(),
     ignored_layers: Sequence[str] = (),
-    allocation: str = "global",
     scores: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[Plan, Selection]:
     """Score every channel once and remove the whole budget in one step (no fine-tuning).
 
-    ``scores``: relevance computed earlier on this very model (one scoring serves many budgets).
+    ``policy.metric`` must be the budget's. ``scores``: relevance computed earlier on this very model
+    (one scoring serves many budgets).
     """
+    if policy.metric != budget.metric:
+        raise SingeError(f"the selection policy counts {policy.metric} but the budget counts {budget.metric}")
     original = measure(model, input_size)
     groups = find_groups(model, example_input(model, input_size), ignored_layers)
     if scores is None:
@@ -108,8 +104,7 @@ def prune_one_shot(
             return planned_scores(planned_path_sums(model, groups, batches, criterion, plan), plan)
 
     selection = decide_and_remove(
-        model, groups, scores, input_size, budget.metric, budget.target(original), constraints, normalize_by_cost,
-        allocation=allocation, rescore=rescore, rounds=criterion.replan,
+        model, groups, scores, input_size, budget.target(original), policy, rescore=rescore, rounds=criterion.replan,
     )
     plan = Plan(arch=arch, num_classes=num_classes, input_size=input_size, steps=[selection.channels])
     return plan, selection

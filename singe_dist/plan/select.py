@@ -47,6 +47,29 @@ class Constraints:
             check_limit(key, getattr(self, key))
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How channels are chosen, whatever their scores: one object instead of five loose arguments.
+
+    ``metric`` is what the budget counts (``macs`` or ``params``); ``constraints`` bound what one group
+    may lose; ``allocation`` decides how many channels each group loses (module docstring);
+    ``normalize_by_cost`` ranks global units by relevance per unit of cost saved; ``original_sizes``
+    (group id -> width in the unpruned model) makes the limits relative to the original widths, so a
+    group does not lose its floor again at every step.
+    """
+
+    metric: str = "macs"
+    constraints: Constraints = Constraints()
+    allocation: str = "global"
+    normalize_by_cost: bool = False
+    original_sizes: Mapping[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        check_metric(self.metric)
+        if self.allocation not in ALLOCATIONS:
+            raise SingeError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+
+
 @dataclass
 class Selection:
     """The channels chosen per group (indices in the current model) and the predicted footprint."""
@@ -83,23 +106,17 @@ def _units(group_id: str, scores: torch.Tensor, round_to: int, max_remove: int) 
 def select_channels(
     scores: Mapping[str, torch.Tensor],
     cost: CostModel,
-    metric: str,
     target: float,
-    constraints: Constraints = Constraints(),
-    normalize_by_cost: bool = False,
-    original_sizes: Mapping[str, int] | None = None,
-    allocation: str = "global",
+    policy: Policy = Policy(),
 ) -> Selection:
-    """Choose channels to remove until the model's ``metric`` ('macs' or 'params') is <= ``target``.
+    """Choose channels to remove until the model's ``policy.metric`` ('macs' or 'params') is <= ``target``.
 
     ``scores`` maps group id to one relevance per channel of the current model (higher = keep).
-    ``allocation``: ``global`` orders removal units by score (per channel, or per unit of cost);
+    ``policy.allocation``: ``global`` orders removal units by score (per channel, or per unit of cost);
     ``uniform`` by the fraction of the group's original width removed once the unit is gone, so
     every group loses the same fraction and the scores only pick the channels inside a group.
     """
-    check_metric(metric)
-    if allocation not in ALLOCATIONS:
-        raise SingeError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    metric, constraints = policy.metric, policy.constraints
     unknown = [g for g in scores if g not in cost._groups_of_layer]  # noqa: SLF001
     if unknown:
         raise SingeError(f"relevance names group {unknown[0]!r}, which the model does not have")
@@ -115,7 +132,7 @@ def select_channels(
         if not torch.isfinite(s).all():
             raise SingeError(f"relevance of group {gid!r} is not finite")
         size = len(s)
-        reference = (original_sizes or {}).get(gid, size)
+        reference = (policy.original_sizes or {}).get(gid, size)
         keep = max(constraints.min_keep, math.ceil(constraints.min_keep_fraction * reference))
         if constraints.round_to > 1:
             keep = max(constraints.round_to, math.ceil(keep / constraints.round_to) * constraints.round_to)
@@ -126,9 +143,9 @@ def select_channels(
         gone = removed_before
         for unit_score, members in _units(gid, s, constraints.round_to, max_remove):
             gone += len(members)
-            if allocation == "uniform":
+            if policy.allocation == "uniform":
                 key = gone / reference
-            elif normalize_by_cost:
+            elif policy.normalize_by_cost:
                 key = unit_score / max(1, unit_cost * len(members))
             else:
                 key = unit_score / len(members)
