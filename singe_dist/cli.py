@@ -186,6 +186,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a checkpoint's model as ONNX (dynamic batch), kept only if ONNX Runtime matches PyTorch."""
+    from singe_dist.export import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.onnx, args.image_size).summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from singe_dist.demo import demo_config, run_demo
 
@@ -243,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(p)
     p.add_argument("--checkpoint", required=True)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a (pruned) checkpoint as ONNX, verified through ONNX Runtime")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the plan's input size)")
+    p.set_defaults(func=cmd_export)
 
     from singe_dist.data.cli import register as register_shards
 
