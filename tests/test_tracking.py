@@ -191,6 +191,55 @@ def test_the_sqlite_default_needs_no_server_and_logs_no_secrets(monkeypatch, tmp
     assert (tmp_path / "runs" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
+def _assert_onnx_matches(run_id: str, uri: str, expected: torch.nn.Module, x: torch.Tensor, dst: Path) -> None:
+    import onnxruntime as ort
+
+    onnx_file = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_onnx/model.onnx",
+                                                    dst_path=str(dst), tracking_uri=uri)
+    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = expected.eval()(x).numpy()
+    assert abs(got - want).max() <= 1e-4 * abs(want).max()
+
+
+def test_the_onnx_model_is_logged_beside_the_pytorch_one_and_a_failed_export_never_loses_the_run(
+        monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """SQLite store; the PyTorch model's own logging is the slow server test's (stubbed out here)."""
+    import singe_dist.export
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(MlflowTracker, "_log_model", lambda self, model, input_size: None)
+    model = build_model("digits_resnet", 10).eval()
+    x = torch.randn(5, 3, DIGITS_SIZE, DIGITS_SIZE)
+    runs = []
+    for name in ("ok", "broken"):
+        if name == "broken":
+            def refuse(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+                raise SingeError("ONNX Runtime differs from PyTorch at batch 1")
+
+            monkeypatch.setattr(singe_dist.export, "export_onnx", refuse)
+        config = load_config(None, [f"run.out_dir={tmp_path / 'runs' / name}", "tracking.experiment=test-onnx"])
+        tracker = make_tracker(config)
+        tracker.start(flatten(config), {})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tracker.finish(tmp_path / "runs" / name, {"steps": []}, model, (3, DIGITS_SIZE, DIGITS_SIZE))
+        assert tracker.lost is None
+        runs.append((tracker.run_id, [str(w.message) for w in caught]))
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    (ok, ok_warnings), (broken, broken_warnings) = runs
+    assert "model_onnx/model.onnx" in _artifacts(client, ok) and not ok_warnings
+    assert client.get_run(ok).data.tags["model_onnx"] == "model_onnx/model.onnx"
+    _assert_onnx_matches(ok, uri, model, x, tmp_path / "dl")
+    run = client.get_run(broken)
+    assert run.info.status == "FINISHED" and "model_onnx" not in run.data.tags
+    assert "differs from PyTorch" in run.data.tags["model_onnx_error"]
+    assert not any(p.startswith("model_onnx") for p in _artifacts(client, broken))
+    assert [m for m in broken_warnings if "ONNX model not logged" in m] == broken_warnings and broken_warnings
+
+
 def test_only_rank_zero_with_tracking_enabled_gets_a_real_tracker(tmp_path) -> None:
     unreachable = f"http://127.0.0.1:{free_port()}"  # never contacted
     config = load_config(None, [f"run.out_dir={tmp_path}", f"tracking.uri={unreachable}"])
@@ -294,6 +343,9 @@ def test_a_run_logs_params_step_metrics_artifacts_and_a_model_that_loads(digits_
     x = torch.randn(8, 3, DIGITS_SIZE, DIGITS_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(logged(x), expected(x), atol=1e-6)
+    # beside it, the same model as ONNX (checked through ONNX Runtime before it was logged)
+    assert "model_onnx/model.onnx" in files
+    _assert_onnx_matches(tracker.run_id, uri_env, expected, x, tmp_path / "dl-onnx")
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@
 * metrics: baseline at step 0, one value per pruning step t = 1..T, ``finetune_loss`` every
   ``finetune.log_every`` iterations (its step is the global fine-tune iteration), ``final_*`` at the end;
 * artifacts: plan.json, report.json, PNG plots, and the pruned model (signature + input example),
-  optionally registered.
+  optionally registered, beside it ``model_onnx/model.onnx`` (verified through ONNX Runtime).
 
 The tracking URI is ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file beside the run
 directory (no server needed). A server that does not answer fails the job at start-up, within
@@ -430,6 +430,8 @@ class MlflowTracker:
         self._guard("logging artifacts", artifacts)
         if self.config.tracking.log_model and self._active():
             self._guard("logging the model", lambda: self._log_model(model, input_size))
+        if self.config.tracking.log_model and self._active():
+            self._guard("logging the ONNX model", lambda: self._log_onnx(model, input_size))
 
     def fail(self, error: BaseException) -> None:
         if self.run_id is None or (self.lost is not None and not self._store_answers()):
@@ -538,6 +540,24 @@ class MlflowTracker:
             logging.getLogger("mlflow.pytorch").removeFilter(pickle_filter)
         self.model_uri = info.model_uri
         self.client.set_tag(self.run_id, "model_uri", info.model_uri)
+
+    def _log_onnx(self, model: nn.Module, input_size: tuple[int, ...]) -> None:
+        """``model_onnx/model.onnx``: the model exported and checked by :func:`singe_dist.export.export_onnx`.
+
+        A model that does not export (or does not match through ONNX Runtime) costs only this file: a
+        warning and the run's ``model_onnx_error`` tag say why; the run and the PyTorch model stand.
+        """
+        from singe_dist.export import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="singe-mlflow-") as tmp:
+            try:
+                result = export_onnx(model, Path(tmp) / "model.onnx", tuple(input_size))  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - the export is optional next to the run
+                warnings.warn(f"ONNX model not logged: {_short(exc)}", RuntimeWarning, stacklevel=2)
+                self.client.set_tag(self.run_id, "model_onnx_error", _tag_value(_short(exc)))
+                return
+            self.client.log_artifact(self.run_id, str(result.path), "model_onnx")
+        self.client.set_tag(self.run_id, "model_onnx", "model_onnx/model.onnx")
 
 
 def _short(exc: BaseException) -> str:
