@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 
 from singe_dist.errors import SingeError
+from singe_dist.model_spec import is_import_spec, parse_import_spec
 from singe_dist.plan.limits import LIMITS, check_limit
 from singe_dist.relevance.config import CriterionConfig, CriterionName
 
@@ -35,7 +36,7 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "digits_resnet"
+    arch: str = "digits_resnet"  # a name of `singe-dist models`, or your own: "package.module:factory"
     num_classes: int = 10
     checkpoint: Optional[str] = None  # baseline weights (a singe-dist checkpoint or a state dict)
     ignored_layers: list[str] = field(default_factory=list)
@@ -180,6 +181,11 @@ class JobConfig:
         _check(self.data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.data.eval_batch_size)
         _check(self.data.num_workers >= 0, "data.num_workers", "must be >= 0", self.data.num_workers)
         _check(self.model.num_classes >= 2, "model.num_classes", "must be >= 2", self.model.num_classes)
+        if is_import_spec(self.model.arch):  # its syntax here; the import itself is the preflight's (load_model)
+            try:
+                parse_import_spec(self.model.arch)
+            except SingeError as exc:
+                raise SingeError(f"config model.arch: {exc}") from None
         _check(self.run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0", self.run.checkpoint_every)
         _check(self.train.iters >= 1, "train.iters", "must be >= 1", self.train.iters)
         _check(self.distributed.num_workers >= 0, "distributed.num_workers", "must be >= 0", self.distributed.num_workers)

@@ -7,10 +7,21 @@ same structural features as ResNet (residual groups, downsample shortcuts, a lin
 but trains in seconds on a CPU. ``cifar_resnet20/32/56`` are the field's small benchmark models
 (He et al. 2016; Torch-Pruning's CIFAR-10 table prunes ResNet-56), used on Fashion-MNIST here.
 
+A user's own model is named by an import path, ``"package.module:factory"``: a callable taking
+``num_classes`` (keyword) and returning an ``nn.Module``, importable from the job's working directory
+(which is put on ``sys.path``; on Ray workers that is the job's ``--working-dir``). The name is what
+checkpoints and plans record, so loading and plan replay rebuild it the same way. :func:`build_model`
+is the one place that builds a model by name.
+
 Checkpoints (architecture name + plan + state dict) live in :mod:`singe_dist.checkpoint`.
 """
 
 from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
 
 import torch
 import torchvision
@@ -18,6 +29,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from singe_dist.errors import SingeError
+from singe_dist.model_spec import is_import_spec, parse_import_spec
 
 
 class DigitsResNet(nn.Module):
@@ -104,13 +116,64 @@ def available_models() -> list[str]:
 
 
 def build_model(name: str, num_classes: int = 1000) -> nn.Module:
-    """Build an untrained classifier by name (torchvision names, ``digits_resnet``, ``cifar_resnet20/32/56``)."""
+    """Build an untrained classifier by name (torchvision names, ``digits_resnet``, ``cifar_resnet20/32/56``)
+    or by import path (``"package.module:factory"``, see the module docstring)."""
     if not isinstance(num_classes, int) or num_classes < 2:
         raise SingeError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if is_import_spec(name):
+        return _build_from_import_path(name, num_classes)
     if name in _LOCAL_MODELS:
         return _LOCAL_MODELS[name](num_classes=num_classes)
     if name not in torchvision.models.list_models(module=torchvision.models):
         close = [m for m in available_models() if name.split("_")[0] in m][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise SingeError(f"unknown model name {name!r}{hint}; see `singe-dist models` for the list")
+        raise SingeError(f"unknown model name {name!r}{hint}; see `singe-dist models` for the list, or give your "
+                         "own as 'package.module:factory'")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _build_from_import_path(spec: str, num_classes: int) -> nn.Module:
+    """Import ``module`` (the working directory first on ``sys.path``) and call ``factory(num_classes=...)``."""
+    module_name, attr = parse_import_spec(spec)
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # as `python -m` would: the job's own files (Ray: its --working-dir) come first
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):  # the module itself
+            raise SingeError(f"model {spec!r}: no module named {exc.name!r} in the working directory {cwd} "
+                             "or the installed packages") from None
+        raise SingeError(f"model {spec!r}: importing {module_name} failed: {_where(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a syntax error or a failing import in the user's module
+        raise SingeError(f"model {spec!r}: importing {module_name} failed: {_where(exc)}") from None
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            source = getattr(module, "__file__", None) or module_name
+            raise SingeError(f"model {spec!r}: {source} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise SingeError(f"model {spec!r}: {attr} is a {type(factory).__name__}, not a callable")
+    try:
+        model = factory(num_classes=num_classes)
+    except Exception as exc:  # noqa: BLE001 - the user's code: say where it failed, in one line
+        raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) raised {_where(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) returned a {type(model).__name__}, "
+                         "not a torch.nn.Module")
+    return model
+
+
+def _where(exc: BaseException) -> str:
+    """``TypeError: ... (my_model.py:12)``: an exception and the innermost line it came from, in one line."""
+    text = " ".join(str(exc).split())
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        place = f" ({os.path.basename(exc.filename)}:{exc.lineno})"
+        text = " ".join((exc.msg or "").split())
+    elif frames:
+        place = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
+    else:
+        place = ""
+    return f"{type(exc).__name__}{': ' + text if text else ''}{place}"
