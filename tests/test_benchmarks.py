@@ -201,3 +201,21 @@ def test_memory_soak_benchmark_smoke(monkeypatch, capsys) -> None:
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
     assert [r[0] for r in rows] == ["0", "1", "2", "3"] and all(float(r[1]) > 50 for r in rows)
     assert re.search(r"^slope over the second half: [+-]\d+\.\d+ MB/step", out, re.MULTILINE), out
+
+
+# benchmarks/onnx_latency.py: ONNX Runtime latency of a pruned model (docs/BENCHMARKS.md)
+def test_onnx_latency_smoke() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "onnx_latency.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    header_line = proc.stdout.splitlines()[0]
+    for key in ("model=resnet18", "input=64x64", "intra_op_threads=1", "onnxruntime=", "date="):
+        assert key in header_line, header_line
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header[:6] == ["model", "MACs removed (budget)", "MACs", "MACs removed", "params", "ONNX MB"]
+    assert header[6:] == [f"b{b} {c}" for b in (1, 8) for c in ("ms", "p25-p75 ms", "speed-up", "CPU ms",
+                                                                 "CPU speed-up")]
+    assert [r[:2] for r in body] == [["resnet18", "0%"], ["resnet18", "50%"]]
+    assert float(body[1][3].rstrip("%")) >= 50.0 and body[0][8] == body[0][10] == "1.00x"
+    for row in body:
+        assert all(float(cell.rstrip("x")) > 0 for cell in row[6:] if "-" not in cell)
