@@ -154,7 +154,7 @@ def _build_from_import_path(spec: str, num_classes: int) -> nn.Module:
             raise SingeError(f"model {spec!r}: {source} has no attribute {attr!r}")
         factory = getattr(factory, part)
     if not callable(factory):
-        raise SingeError(f"model {spec!r}: {attr} is a {type(factory).__name__}, not a callable")
+        raise SingeError(f"model {spec!r}: {attr} is not callable (type {type(factory).__name__})")
     try:
         model = factory(num_classes=num_classes)
     except Exception as exc:  # noqa: BLE001 - the user's code: say where it failed, in one line
@@ -168,7 +168,7 @@ def _build_from_import_path(spec: str, num_classes: int) -> nn.Module:
 def _where(exc: BaseException) -> str:
     """``TypeError: ... (my_model.py:12)``: an exception and the innermost line it came from, in one line."""
     text = " ".join(str(exc).split())
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]  # the user's side
     if isinstance(exc, SyntaxError) and exc.filename:
         place = f" ({os.path.basename(exc.filename)}:{exc.lineno})"
         text = " ".join((exc.msg or "").split())
