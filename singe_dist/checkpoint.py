@@ -10,6 +10,7 @@ in place of the previous one.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -136,6 +137,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     raise SingeError(f"checkpoint {path} is neither a singe-dist checkpoint nor a state dict")
 
 
+def _cpu_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """The state dict on the CPU, with its per-module version metadata: some layers (torchvision's
+    MNASNet) refuse to load a state dict without it."""
+    state = model.state_dict()
+    out = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+    out._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
+    return out
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -155,7 +165,7 @@ def save_checkpoint(
         "arch": arch,
         "num_classes": num_classes,
         "plan": plan.to_dict() if plan is not None else None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": _cpu_state_dict(model),
     }
     payload.update(extra or {})
     write(payload, Path(path))

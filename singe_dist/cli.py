@@ -62,6 +62,7 @@ def cmd_relevance(args: argparse.Namespace) -> int:
     from singe_dist.data.digits import digits_tensors
     from singe_dist.engine.train import tensor_batches
     from singe_dist.atomic import atomic_write_text
+    from singe_dist.plan.removal_check import check_removal
     from singe_dist.relevance.criteria import compute_relevance
     from singe_dist.relevance.groups import example_input, find_groups
 
@@ -102,6 +103,8 @@ def cmd_relevance(args: argparse.Namespace) -> int:
         if args.samples:
             batches = _first_samples(batches, args.samples)
     samples = sum(len(b[1]) for b in batches) if batches else 0
+    probe = batches[0][0] if batches else torch.randn(4, 3, size, size)  # the property holds for any input
+    print(check_removal(model, groups, probe, (3, size, size)).line())
     scores = compute_relevance(model, groups, batches, config)
     result = {
         "model": arch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from singe_dist.checkpoint import load_model, save_checkpoint
 from singe_dist.demo import run_demo
@@ -18,6 +19,8 @@ def test_relevance_command_writes_scores_per_group_with_module_names(trained_dig
     proc = run_cli("relevance", "--checkpoint", str(tmp_path / "base.pt"), "--image-size", "16", "--samples", "64",
                    "--steps", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert re.search(r"removal self-check: gate-at-0 equals removal on 4 group\(s\) \(max relative difference "
+                     r"\d\.\de-\d\d, \d+\.\ds\)", proc.stdout), proc.stdout
     data = json.loads(out.read_text())
     assert data["model"] == "digits_resnet" and data["samples"] == 64
     groups = data["groups"]
@@ -46,6 +49,7 @@ def test_demo_writes_shards_trains_a_baseline_and_prunes_half_the_macs(tmp_path)
     assert report["baseline"]["top1"] > 0.9
     assert 0.5 <= report["final"]["fraction_removed"] < 0.6
     assert any("| final" in line for line in lines)
+    assert sum(line.startswith("removal self-check: gate-at-0 equals removal") for line in lines) == 1  # once, first
     model, *_ = load_model(tmp_path / "prune" / "pruned.pt")
     assert measure(model, (3, 16, 16)).macs == report["final"]["macs"]
     assert Plan.load(tmp_path / "prune" / "plan.json").digest() == report["plan_digest"]

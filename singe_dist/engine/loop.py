@@ -133,7 +133,7 @@ class PruneJob:
         self.device = pick_device(cfg.run.device, self.col.rank)
         seed_phase(cfg.run.seed, -1, 0)
         self.streams = DataStreams(cfg.data, cfg.model.num_classes, self.col.rank, self.col.world_size, cfg.run.seed)
-        self.relevance = StepRelevance(cfg, self.col, self.streams, self.faults, self.input_size)
+        self.relevance = StepRelevance(cfg, self.col, self.streams, self.faults, self.input_size, self.log)
 
         # the original architecture defines 100% of the budget, also when the checkpoint is already pruned
         original_model = build_model(cfg.model.arch, cfg.model.num_classes)

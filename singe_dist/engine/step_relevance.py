@@ -9,6 +9,8 @@ A step's calibration batches are read and decoded once: relevance, re-planning a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -17,6 +19,7 @@ from singe_dist.data.streams import DataStreams
 from singe_dist.engine.collective import Collective
 from singe_dist.engine.faults import NoFaults
 from singe_dist.engine.train import recalibrate_batchnorm
+from singe_dist.plan.removal_check import check_removal
 from singe_dist.relevance.criteria import accumulate, compute_relevance, planned_path_sums, planned_scores
 from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
 
@@ -27,8 +30,10 @@ class StepRelevance:
     """Relevance of a rank's model, all-reduced, on the calibration batches of ``DataStreams``."""
 
     def __init__(self, config: JobConfig, col: Collective, streams: DataStreams, faults: NoFaults,
-                 input_size: tuple[int, int, int]) -> None:
+                 input_size: tuple[int, int, int], log: Callable[[str], None] = lambda _m: None) -> None:
         self.config, self.col, self.streams, self.faults, self.input_size = config, col, streams, faults, input_size
+        self.log = log
+        self.removal_checked = False  # the self-check runs before the job's first relevance (also after a resume)
         self.criterion = config.criterion
         self.split_channels = config.criterion.split == "channels"
         # split=channels: every rank reads the same calibration batches (rank 0 of 1's stream)
@@ -49,6 +54,10 @@ class StepRelevance:
     def scores(self, model: nn.Module, step: int) -> tuple[list[ChannelGroup], dict[str, torch.Tensor]]:
         """The dependency groups of ``model`` and one score per channel, identical on every rank."""
         groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
+        if not self.removal_checked:  # each rank checks its own first calibration batch: no collective needed
+            x = self.calibration(self.streams, step, 1)[0][0].to(next(model.parameters()).device)
+            self.log(check_removal(model, groups, x, self.input_size).line())
+            self.removal_checked = True
         if not self.criterion.needs_data:
             scores = compute_relevance(model, groups, None, self.criterion)
             self.faults.check("relevance", step + 1)

@@ -178,7 +178,7 @@ class _PathEvaluator:
                 continue
             try:
                 trial = self.rows(x, y, teacher, sample, {group.id: gate.clone()}, expand_at=module)[group.id]
-            except RuntimeError:  # a tensor from the prefix is read after the point: shapes disagree
+            except (RuntimeError, TypeError):  # a prefix tensor read after the point, or an input that is no tensor
                 continue
             if torch.allclose(trial, plain, rtol=1e-4, atol=1e-5 * scale):
                 self._points[group.id] = module

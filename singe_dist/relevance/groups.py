@@ -15,6 +15,7 @@ evaluated in one forward/backward pass.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,39 @@ from torch import nn
 from singe_dist.errors import SingeError
 
 _CONSUMER_HANDLERS = {tp.prune_conv_in_channels, tp.prune_linear_in_channels}
+_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)  # the layers that may hold parameters
+log = logging.getLogger(__name__)
+
+
+def _is_grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise: it mixes the channels of each of its groups."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not (
+        module.groups == module.in_channels == module.out_channels)
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse, in one line and before any tracing, a model with a layer whose removal path is not gating.
+
+    Only convolutions (dense or depthwise), linear layers and batch norms may hold parameters. A
+    LayerNorm or GroupNorm normalises across channels, so a channel gated to 0 still shifts the others'
+    statistics while a removed one does not; attention layers, class tokens, position embeddings and
+    layer scales are parameters torch-pruning only prunes when told how (ConvNeXt, ViT, Swin, MaxViT).
+    Scanning modules takes milliseconds, where tracing such a model can take minutes and gigabytes.
+    Grouped (non-depthwise) convolutions are handled per group by :func:`find_groups`.
+    """
+    for name, module in model.named_modules():
+        own = [p for p, _ in module.named_parameters(recurse=False)]
+        if not own or isinstance(module, _LAYERS):
+            continue
+        where = f"{name!r} ({type(module).__name__})" if name else f"the model itself ({type(module).__name__})"
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower():
+            why = "normalises across channels, so gating a channel to 0 is not removing it"
+        elif isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower():
+            why = "is an attention layer"
+        else:
+            why = f"holds its own parameter {own[0]!r}"
+        raise SingeError(f"model not supported: {where} {why}; singe-dist prunes models whose parameters all live "
+                         "in Conv2d (dense or depthwise), Linear and BatchNorm layers")
 
 
 @dataclass(frozen=True)
@@ -86,11 +120,18 @@ def example_input(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """Trace the model into a torch-pruning dependency graph."""
+    """Trace the model into a torch-pruning dependency graph (after :func:`check_supported`)."""
+    check_supported(model)
     was_training = model.training
     model.eval()
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except SingeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch-pruning's tracer fails in many ways on models it cannot follow
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise SingeError(f"model not supported: torch-pruning cannot trace the channel dependencies of "
+                         f"{type(model).__name__} ({type(exc).__name__}{': ' + detail if detail else ''})") from exc
     finally:
         model.train(was_training)
 
@@ -104,7 +145,10 @@ def find_groups(
     """All prunable channel groups of ``model``, in module order.
 
     ``ignored_layers`` are module names whose output channels must stay; the classifier output
-    layer is always ignored.
+    layer is always ignored. A group that passes through a grouped (non-depthwise) convolution is
+    left out, with one logged line: such a convolution mixes the channels of its group, so gating a
+    channel to 0 at the consumers is not the removal torch-pruning would apply, and relevance would
+    be integrated along a path that does not end at the removal.
     """
     graph = graph or build_graph(model, example_inputs)
     names = {module: name for name, module in model.named_modules()}
@@ -113,7 +157,7 @@ def find_groups(
     if unknown:
         raise SingeError(f"ignored layer {unknown[0]!r} is not a module of the model")
     ignored = [output_layer(model, example_inputs)] + [modules[n] for n in ignored_layers]
-    groups = []
+    groups, refused = [], []
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         members = []
         for item in tp_group.items:
@@ -131,9 +175,17 @@ def find_groups(
                 )
             )
         root = tp_group[0].dep.target.module
+        grouped = next((m for m in members if _is_grouped(m.module)), None)
+        if grouped is not None:
+            refused.append(f"{names[root]} (through {grouped.name}, groups={grouped.module.groups})")
+            continue
         groups.append(ChannelGroup(id=names[root], size=len(tp_group[0].idxs), members=members, tp_group=tp_group))
+    if refused:
+        log.warning("%d channel group(s) left unpruned: they pass through grouped convolutions, where gating a "
+                    "channel to 0 is not its removal: %s", len(refused), ", ".join(refused[:3]) + (" ..." if len(refused) > 3 else ""))
     if not groups:
-        raise SingeError("the model has no prunable channel groups")
+        raise SingeError("the model has no prunable channel groups"
+                         + (" (every group passes through a grouped convolution)" if refused else ""))
     return groups
 
 
