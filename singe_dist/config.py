@@ -239,6 +239,9 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                 errors.append(exc)
         raise errors[0]
     if origin is Literal:
+        # YAML reads an unquoted true/false (`--set distributed.use_gpu=false`) as a bool: take it as the word
+        if isinstance(value, bool) and str(value).lower() in get_args(hint):
+            return str(value).lower()
         if value not in get_args(hint):
             raise SingeError(f"config {key} must be one of {', '.join(map(repr, get_args(hint)))}, got {value!r}")
         return value

@@ -204,6 +204,14 @@ def test_bad_baseline_checkpoint_is_one_clear_line(digits_shards, tmp_path) -> N
     assert proc.stderr.strip().count("\n") == 0 and "does not match the model" in proc.stderr
 
 
+@pytest.mark.parametrize("word", ["true", "false"])
+def test_unquoted_true_false_is_the_word_for_a_choice_of_words(word: str) -> None:
+    """`--set distributed.use_gpu=false` (YAML reads a bool) broke the flagship rehearsal; the word is meant."""
+    assert load_config(DEMO_CONFIG, [f"distributed.use_gpu={word}"]).distributed.use_gpu == word
+    with pytest.raises(SingeError, match="run.device must be one of"):
+        load_config(DEMO_CONFIG, ["run.device=true"])  # no word 'true' among the choices: still refused
+
+
 @pytest.mark.parametrize("path", sorted(Path(DEMO_CONFIG).parent.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_job_configs_are_valid(path: Path) -> None:
     config = load_config(path)
