@@ -135,10 +135,10 @@ def convert(out: Path, split: str, per_shard: int) -> dict:
 
 
 def make_data(out: str | os.PathLike, *, classes: int = 1000, train_per_class: int = 2, val_per_class: int = 1,
-              per_shard: int = 250, seed: int = 0, max_side: int | None = None,
+              per_shard: int = 250, val_per_shard: int = 50, seed: int = 0, max_side: int | None = None,
               fashion_dir: str | os.PathLike = FASHION_MNIST_DIR, keep_images: bool = True) -> dict:
     """Make the trees and their shards under ``out`` (replaced); returns what :func:`main` prints."""
-    out = Path(out)
+    out = Path(out).resolve()  # absolute shard patterns: a Ray job runs in a copy of the working directory
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
@@ -150,7 +150,7 @@ def make_data(out: str | os.PathLike, *, classes: int = 1000, train_per_class: i
             "jpeg_bytes": sum(p.stat().st_size for p in jpegs), "example_sizes": sorted(set(sizes))[:8]}
     started = time.perf_counter()
     info["train"] = convert(out, "train", per_shard)
-    info["val"] = convert(out, "val", per_shard)
+    info["val"] = convert(out, "val", val_per_shard)
     info["shards_s"] = round(time.perf_counter() - started, 1)
     info["classes_json"] = str(out / "shards" / "classes.json")
     if not keep_images:
@@ -164,14 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--train-per-class", type=int, default=2)
     parser.add_argument("--val-per-class", type=int, default=1)
-    parser.add_argument("--per-shard", type=int, default=250, help="samples per shard")
+    parser.add_argument("--per-shard", type=int, default=250, help="training samples per shard")
+    parser.add_argument("--val-per-shard", type=int, default=50,
+                        help="validation samples per shard (small: a CPU rehearsal evaluates on one shard)")
     parser.add_argument("--max-side", type=int, help="scale images down to this long side (tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fashion-dir", default=FASHION_MNIST_DIR)
     parser.add_argument("--drop-images", action="store_true", help="delete the ImageFolder trees once sharded")
     args = parser.parse_args(argv)
     info = make_data(args.out, classes=args.classes, train_per_class=args.train_per_class,
-                     val_per_class=args.val_per_class, per_shard=args.per_shard, seed=args.seed,
+                     val_per_class=args.val_per_class, per_shard=args.per_shard,
+                     val_per_shard=args.val_per_shard, seed=args.seed,
                      max_side=args.max_side, fashion_dir=args.fashion_dir, keep_images=not args.drop_images)
     print(json.dumps(info))
     return 0

@@ -10,7 +10,8 @@ CLI and the demo read it. Layout (:data:`REPORT_FORMAT`):
 - ``steps``: one row per pruning step (:func:`step_row`; ``pruned`` and ``finetuned`` evaluations)
 - ``final``: the evaluation after the final fine-tune, MACs, parameters, fraction removed
 - ``wall_time_s`` (seconds per phase), ``latency``, ``channels`` (per group, before and after),
-  ``plan_digest``; ``tracking_lost`` when tracking stopped mid-run
+  ``plan_digest``; ``peak_memory_mb`` (per rank: ``rss`` of its process, ``cuda`` on GPU);
+  ``tracking_lost`` when tracking stopped mid-run
 
 Also here: the plain text tables printed to the terminal (:func:`format_table`, :func:`human`), used
 by the summary table and the benchmarks.

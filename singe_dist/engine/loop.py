@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +118,7 @@ class PruneJob:
         if "final" not in self.report:
             self._final_finetune(model, plan, position, opt_state)
         self.report["wall_time_s"]["total"] = self._elapsed()
+        self.report["peak_memory_mb"] = self._peak_memory()
         if self.rank0:
             self._finish(model, plan)
         self.col.barrier()
@@ -320,6 +323,15 @@ class PruneJob:
             raise SingeError(f"validation data changed during the run: {int(totals[3])} samples evaluated, "
                              f"{expected} at the start ({why}); restore it and continue with --resume")
         return result_from_sums(totals).as_dict()
+
+    def _peak_memory(self) -> dict[str, list[float]]:
+        """Every rank's peak resident set (its own process, not its DataLoader processes), and peak CUDA memory."""
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        peak = {"rss": round(maxrss / (2**20 if sys.platform == "darwin" else 1024), 1)}
+        if self.device.type == "cuda":
+            peak["cuda"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        ranks = self.col.all_gather_object(peak)
+        return {key: [r[key] for r in ranks] for key in peak}
 
     def _skipped(self) -> int:
         assert self.streams is not None
