@@ -32,6 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER_CONFIG = REPO_ROOT / "cluster" / "ray-cluster.yaml"
 RAYCLUSTER = REPO_ROOT / "cluster" / "kuberay" / "raycluster.yaml"
 RAYJOB = REPO_ROOT / "cluster" / "kuberay" / "rayjob.yaml"
+DOCKERFILE = REPO_ROOT / "cluster" / "Dockerfile"
+# Where cluster/Dockerfile puts the code in the image (its WORKDIR, on PYTHONPATH): the manifests'
+# entrypoints name files under it, which are this repository's files.
+CODE_DIR = "/home/ray/singe-dist"
 
 # Field names of the KubeRay ray.io/v1 types used here (KubeRay v1.5). An unknown name is
 # almost always a typo, which the API server would silently prune.
@@ -120,8 +124,9 @@ def quantity(value: Any) -> Decimal:
 
 
 def entrypoint_files(entrypoint: str) -> list[str]:
-    """Repository files a ``python script.py --config file`` entrypoint needs."""
-    tokens = shlex.split(entrypoint)
+    """Repository files a ``python script.py --config file`` entrypoint needs (paths in the image's
+    :data:`CODE_DIR` are given relative to it, i.e. as repository paths)."""
+    tokens = [t[len(CODE_DIR) + 1:] if t.startswith(CODE_DIR + "/") else t for t in shlex.split(entrypoint)]
     files = [t for t in tokens if t.endswith(".py")][:1]
     for i, token in enumerate(tokens):
         if token == "--config" and i + 1 < len(tokens):
@@ -133,6 +138,35 @@ def entrypoint_files(entrypoint: str) -> list[str]:
 
 def missing_repo_files(paths: list[str], repo_root: Path = REPO_ROOT) -> list[str]:
     return [p for p in paths if Path(p).is_absolute() or not (repo_root / p).is_file()]
+
+
+# --- the image (cluster/Dockerfile) ----------------------------------------------------------------
+
+def dockerfile_problems(text: str, where: str = "cluster/Dockerfile") -> list[str]:
+    """The image the manifests run: Ray's GPU image of this version, uv.lock installed frozen, the code
+    copied to :data:`CODE_DIR` and put on PYTHONPATH (the driver and the Ray Train workers import it)."""
+    lines = [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", "\n".join(lines), re.M))
+    froms = [line.split()[1] for line in lines if line.upper().startswith("FROM ")]
+    problems = []
+    if len(froms) != 1:
+        problems.append(f"{where}: exactly one FROM expected, got {len(froms)}")
+    else:
+        base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), froms[0])
+        if not base.startswith("rayproject/ray:"):
+            problems.append(f"{where}: FROM must be a rayproject/ray image, got {base!r}")
+        problems += image_problems(base, f"{where}: FROM", gpu=True)
+    run = " ".join(line for line in lines if line.upper().startswith("RUN "))
+    if "uv export --frozen" not in run or "uv.lock" not in " ".join(lines):
+        problems.append(f"{where}: must install the dependencies from uv.lock (uv export --frozen)")
+    if f"WORKDIR {CODE_DIR}" not in lines:
+        problems.append(f"{where}: WORKDIR must be {CODE_DIR} (the manifests' entrypoints point there)")
+    for package in ("singe_dist", "jobs"):
+        if not any(line.startswith("COPY") and line.split()[-2] == package for line in lines):
+            problems.append(f"{where}: must COPY {package} into the image")
+    if not re.search(rf"PYTHONPATH={re.escape(CODE_DIR)}\b", " ".join(lines)):
+        problems.append(f"{where}: must set PYTHONPATH={CODE_DIR} (Ray Train workers import singe_dist)")
+    return problems
 
 
 # --- Ray cluster launcher -------------------------------------------------------------------------
@@ -463,8 +497,31 @@ def rayjob_problems(doc: Any, where: str = "rayjob.yaml", *, check_files: bool =
         problems.append(f"{swhere}.shutdownAfterJobFinishes: needs a rayClusterSpec (a selected cluster is not the job's to delete)")
     if "runtimeEnvYAML" in spec:
         problems += runtime_env_problems(spec["runtimeEnvYAML"], f"{swhere}.runtimeEnvYAML")
+    problems += _code_source_problems(spec, swhere)
     if has_cluster:
         problems += raycluster_spec_problems(spec["rayClusterSpec"], f"{swhere}.rayClusterSpec")
+    return problems
+
+
+def _code_source_problems(spec: dict, swhere: str) -> list[str]:
+    """The submitter pod has no checkout: the code comes from the image (entrypoint under CODE_DIR, an
+    image that is not plain Ray) or from a remote ``working_dir`` in runtimeEnvYAML."""
+    try:
+        env = yaml.safe_load(spec.get("runtimeEnvYAML") or "") or {}
+    except yaml.YAMLError:
+        return []  # reported by runtime_env_problems
+    if isinstance(env, dict) and env.get("working_dir"):
+        return []
+    problems = []
+    entrypoint = spec.get("entrypoint") or ""
+    if CODE_DIR + "/" not in entrypoint:
+        problems.append(f"{swhere}.entrypoint: without a working_dir the script must be the image's ({CODE_DIR}/...)")
+    head = ((spec.get("rayClusterSpec") or {}).get("headGroupSpec") or {}).get("template") or {}
+    containers = (head.get("spec") or {}).get("containers") or [{}]
+    image = containers[0].get("image") if isinstance(containers[0], dict) else None
+    if isinstance(image, str) and image.startswith("rayproject/"):
+        problems.append(f"{swhere}: the head image {image!r} has no singe-dist code: use the image of cluster/Dockerfile "
+                        "or a remote working_dir")
     return problems
 
 
@@ -480,6 +537,8 @@ def all_problems(repo_root: Path = REPO_ROOT) -> list[str]:
         problems.append(f"ray-cluster.yaml: {type(e).__name__}: {str(e).splitlines()[0]}")
     problems += raycluster_problems(load_yaml(repo_root / "cluster" / "kuberay" / "raycluster.yaml"))
     problems += rayjob_problems(load_yaml(repo_root / "cluster" / "kuberay" / "rayjob.yaml"), repo_root=repo_root)
+    dockerfile = repo_root / "cluster" / "Dockerfile"
+    problems += dockerfile_problems(dockerfile.read_text()) if dockerfile.is_file() else ["cluster/Dockerfile: missing"]
     return problems
 
 

@@ -107,7 +107,8 @@ def test_raycluster_manifest_is_valid(raycluster):
 def test_rayjob_manifest_is_valid(rayjob):
     assert validate.rayjob_problems(rayjob, check_files=False) == []
     spec = rayjob["spec"]
-    assert spec["entrypoint"] == "python jobs/prune.py --config jobs/configs/resnet50_imagenet.yaml"
+    assert spec["entrypoint"] == (f"python {validate.CODE_DIR}/jobs/prune.py "
+                                  f"--config {validate.CODE_DIR}/jobs/configs/resnet50_imagenet.yaml")
     assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] in validate.SUBMISSION_MODES
 
 
@@ -132,20 +133,37 @@ def test_ray_reads_the_gpu_workers_from_the_manifest(raycluster):
     assert (node_type["min_workers"], node_type["max_workers"]) == (group["minReplicas"], group["maxReplicas"])
 
 
-def test_rayjob_runtime_env_matches_the_lock_and_jobs_runtime_env(rayjob):
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+def test_rayjob_runs_the_image_of_the_dockerfile_with_the_lock_and_jobs_runtime_env(rayjob, raycluster):
+    """The code and the dependencies come from cluster/Dockerfile's image, nothing from a URL."""
     env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
-    pins = dict(p.split("==") for p in env["uv"]["packages"])
-    lock = tomllib.loads((REPO_ROOT / "uv.lock").read_text())
-    locked = {(p["name"], p["version"]) for p in lock["package"]}
-    assert [f"{n}=={v}" for n, v in pins.items() if (n, v) not in locked] == [], "pins must be uv.lock versions"
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {d.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in project}
-    assert names - {"ray"} <= set(pins), "every dependency but ray (in the image) is installed"
+    assert "working_dir" not in env and "uv" not in env and "pip" not in env, "code and dependencies are the image's"
+    dockerfile = (REPO_ROOT / "cluster" / "Dockerfile").read_text()
+    assert validate.dockerfile_problems(dockerfile) == []
+    assert "--no-emit-package ray" in dockerfile  # every uv.lock pin but Ray's, which is the base image's
+    images = {c["image"] for doc in (rayjob["spec"]["rayClusterSpec"], raycluster["spec"])
+              for group in (doc["headGroupSpec"], *doc["workerGroupSpecs"]) for c in group["template"]["spec"]["containers"]}
+    assert images == {f"singe-dist:{validate.ray_version()}-py311-gpu"}, images
     runtime_env = REPO_ROOT / "jobs" / "runtime_env.yaml"
     if runtime_env.is_file():
         wanted = (load(runtime_env) or {}).get("env_vars", {})
         assert {k: env["env_vars"].get(k) for k in wanted} == wanted, "env_vars of jobs/runtime_env.yaml"
+
+
+DOCKERFILE_MISTAKES = {
+    "base of another Ray": lambda t: t.replace("rayproject/ray:2.60.0-py311-gpu", "rayproject/ray:2.59.0-py311-gpu"),
+    "CPU base image": lambda t: t.replace("2.60.0-py311-gpu", "2.60.0-py311"),
+    "dependencies not from the lock": lambda t: t.replace("uv export --frozen", "uv export"),
+    "code not copied": lambda t: t.replace("COPY --chown=ray:users singe_dist ./singe_dist", ""),
+    "code elsewhere": lambda t: t.replace("WORKDIR /home/ray/singe-dist", "WORKDIR /app"),
+    "not on PYTHONPATH": lambda t: t.replace("PYTHONPATH=/home/ray/singe-dist", "PYTHONPATH=/tmp"),
+}
+
+
+@pytest.mark.parametrize("mistake", DOCKERFILE_MISTAKES)
+def test_dockerfile_rules_catch_mistakes(mistake):
+    text = (REPO_ROOT / "cluster" / "Dockerfile").read_text()
+    broken = DOCKERFILE_MISTAKES[mistake](text)
+    assert broken != text and validate.dockerfile_problems(broken) != []
 
 
 def _worker(doc):
@@ -155,6 +173,10 @@ def _worker(doc):
 
 def _worker_container(doc):
     return _worker(doc)["template"]["spec"]["containers"][0]
+
+
+def _head_container(doc):
+    return doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
 
 
 KUBERAY_MISTAKES = {
@@ -182,6 +204,9 @@ RAYJOB_MISTAKES = {
     "runtime_env pip and uv": lambda d: d["spec"].update(runtimeEnvYAML="pip: [a]\nuv: [b]\n"),
     "no entrypoint": lambda d: d["spec"].pop("entrypoint"),
     "negative ttl": lambda d: d["spec"].update(ttlSecondsAfterFinished=-1),
+    "code neither in the image nor a working_dir": lambda d: _head_container(d).update(image="rayproject/ray:2.60.0-py311"),
+    "repository-relative entrypoint without a working_dir": lambda d: d["spec"].update(
+        entrypoint="python jobs/prune.py --config jobs/configs/resnet50_imagenet.yaml"),
 }
 
 
