@@ -162,8 +162,6 @@ def mlflow_run(out_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------- measurements
 def measure_relevance(args: argparse.Namespace) -> dict:
     """(Subprocess.) ResNet-50 relevance on ``--images`` real images of the val shard: time and peak RSS."""
-    import resource
-
     import torch
 
     from singe_dist.data.shards import decode_rgb
@@ -193,15 +191,26 @@ def measure_relevance(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     sums = accumulate(model, groups, batch, config, channel_share=share)
     seconds = time.perf_counter() - started
+    peak_rss = _rss_mb("VmHWM")  # before the training pass below, which needs memory of its own
+    training_s = None
+    if args.path == "group":  # the unit of the compute share: one training pass (forward + backward) per image
+        x, y = batch[0]
+        model.eval()  # BN on running statistics, weight gradients on: relevance_cost.py's "training pass"
+        torch.nn.functional.cross_entropy(model(x), y).backward()  # warm-up
+        started = time.perf_counter()
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        training_s = (time.perf_counter() - started) / (2 * len(x))
     points, weights = path_points(8, "midpoint")
     channels = sum(g.size for g in groups)
-    rows = len(xs) * (8 * len(groups) if args.path == "group" else -(-channels * 8 // args.channel_share))
+    rows = len(xs) * (8 * len(groups) if args.path == "group"
+                      else sum(-(-g.size * 8 // args.channel_share) for g in groups))  # pairs with index % share == 0
     return {"path": args.path, "images": len(xs), "max_rows": args.max_rows, "seconds": seconds, "rows": rows,
             "groups": len(groups), "channels": channels, "channel_share": args.channel_share,
-            "rss_before_mb": rss_before, "peak_rss_mb": _rss_mb("VmHWM"),
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_before_mb": rss_before, "peak_rss_mb": peak_rss,
             "allreduce_bytes": RelevanceSums.empty(groups, points, weights).flatten().numel() * 8,
-            "samples_counted": sums.samples}
+            "samples_counted": sums.samples, "training_pass_s_per_image": training_s}
 
 
 def _rss_mb(field: str) -> float:

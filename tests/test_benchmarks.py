@@ -219,3 +219,27 @@ def test_onnx_latency_smoke() -> None:
     assert float(body[1][3].rstrip("%")) >= 50.0 and body[0][8] == body[0][10] == "1.00x"
     for row in body:
         assert all(float(cell.rstrip("x")) > 0 for cell in row[6:] if "-" not in cell)
+
+
+# benchmarks/imagenet_rehearsal{,_data}.py: the data set and the relevance measurements (the job itself:
+# tests/test_flagship.py)
+def test_imagenet_rehearsal_data_and_measurement_smoke(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "imagenet_rehearsal_data.py"), "--out",
+                           str(tmp_path / "data"), "--classes", "3", "--max-side", "40", "--per-shard", "4"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["images"] == {"train": 6, "val": 3} and info["train"]["shards"] == 2
+    assert sorted(p.name for p in (tmp_path / "data/images/train").iterdir()) == ["n01440764", "n01448683", "n01456602"]
+    assert max(max(size) for size in info["example_sizes"]) <= 40
+    for path, extra in (("group", []), ("channel", ["--channel-share", "512"])):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "imagenet_rehearsal.py"), "--measure-relevance",
+                               "--shard", info["val"]["first_shard"], "--num-classes", "3", "--image-size", "32",
+                               "--path", path, "--max-rows", "8", *extra],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        m = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert m["seconds"] > 0 and m["peak_rss_mb"] >= m["rss_before_mb"] and m["samples_counted"] == 1
+        assert (m["rows"] == 8 * m["groups"]) if path == "group" else (0 < m["rows"] < 8 * m["channels"])
+        assert m["allreduce_bytes"] > 0
+        assert (m["training_pass_s_per_image"] is not None) == (path == "group")
