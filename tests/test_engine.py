@@ -42,6 +42,7 @@ def test_entwined_run_meets_budget_and_report_matches_the_saved_checkpoint(digit
     assert report["baseline"]["top1"] > 0.9
     assert {"cpu_b1_ms", "cpu_b8_ms"} <= set(report["latency"]["final"])
     assert set(report["wall_time_s"]) >= {"baseline_eval", "relevance", "finetune", "final_finetune", "eval", "total"}
+    assert len(report["peak_memory_mb"]["rss"]) == 1 and report["peak_memory_mb"]["rss"][0] > 50  # one per rank
 
     # an independent re-evaluation of what was saved gives the report's numbers
     model, arch, _, plan = load_model(out / "pruned.pt")
