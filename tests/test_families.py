@@ -3,9 +3,11 @@
 For each family (its smallest member, random weights, small inputs) either the removal path is
 verified (gate-at-0 equals removal on sampled groups) and a SInGE one-shot prune of 30% of the MACs
 gives a working smaller model whose checkpoint reloads by plan replay to the same outputs, or the
-model is refused up front with one line naming what is unsupported. Grouped convolutions (ResNeXt,
-RegNet X) prune only the groups that do not pass through them, and the self-check catches the
-others if they were let through.
+model is refused up front with one line naming what is unsupported. Groups through grouped
+convolutions (ResNeXt, RegNet X), LayerNorm, attention or parameters outside layers (ConvNeXt, ViT)
+are left out, so those models prune the other groups (ConvNeXt and ViT: their MLP widths); the
+self-check catches a left-out group if it were let through. ViT runs as a small instance of
+torchvision's ``VisionTransformer`` (ViT-B needs 224 px), built through the user-model path.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from singe_dist.checkpoint import load_model, save_checkpoint
@@ -28,20 +29,29 @@ from singe_dist.relevance.groups import example_input, find_groups
 
 SUPPORTED = ["resnet18", "resnext50_32x4d", "wide_resnet50_2", "vgg11_bn", "densenet121", "mobilenet_v2",
              "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf",
-             "mnasnet0_5", "squeezenet1_1", "googlenet", "inception_v3", "alexnet"]
+             "mnasnet0_5", "squeezenet1_1", "googlenet", "inception_v3", "alexnet", "convnext_tiny",
+             "tests.test_families:small_vit"]
 REFUSED = {  # model -> what its one line must name
-    "convnext_tiny": "LayerNorm2d",
     "shufflenet_v2_x0_5": "cannot trace the channel dependencies of ShuffleNetV2",
-    "vit_b_16": "'class_token'",
-    "swin_t": "LayerNorm",
-    "maxvit_t": "LayerNorm",
+    "swin_t": "(ShiftedWindowAttention) is window attention",
+    "maxvit_t": "(RelativePositionalMultiHeadAttention) is window attention",
 }
+
+
+def small_vit(num_classes: int) -> nn.Module:
+    """torchvision's VisionTransformer at 32 px: 2 layers, 2 heads, width 64, MLP 128."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128,
+                             num_classes=num_classes)
 SIZE = {"inception_v3": 80, "alexnet": 64}  # their stems need at least 75 and 63 px; the others run at 32
 
 
 def _build(name: str) -> nn.Module:
+    from singe_dist.models import build_model
+
     torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    return build_model(name, 10).eval()
 
 
 @pytest.mark.parametrize("name", SUPPORTED)

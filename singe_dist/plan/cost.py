@@ -32,7 +32,12 @@ class Footprint:
 
 
 def _positions(model: nn.Module, input_size: Sequence[int]) -> dict[nn.Module, int]:
-    """Output positions per sample (H*W for convolutions, tokens for linear layers) of each layer."""
+    """Output positions per sample (H*W for convolutions, tokens for linear layers) of each layer.
+
+    For ``nn.MultiheadAttention`` the value is its whole MACs per sample (projections and the two
+    attention products): it calls its projections functionally, so no Linear hook sees them, and its
+    channels are never pruned (``find_groups`` leaves attention out), so the cost is a constant.
+    """
     positions: dict[nn.Module, int] = {}
     handles = []
 
@@ -40,8 +45,18 @@ def _positions(model: nn.Module, input_size: Sequence[int]) -> dict[nn.Module, i
         channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
         positions[module] = output.numel() // (output.shape[0] * channels)
 
+    def attention(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs.get("key", query)
+        seq = 1 if module.batch_first else 0
+        q_len, k_len, e = query.shape[seq], key.shape[seq], module.embed_dim
+        positions[module] = (q_len * e * e + k_len * e * (module.kdim + module.vdim)  # q, k, v projections
+                             + 2 * q_len * k_len * e + q_len * e * e)  # QK^T, AV, output projection
+
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, nn.MultiheadAttention):
+            handles.append(module.register_forward_pre_hook(attention, with_kwargs=True))
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
             handles.append(module.register_forward_hook(record))
     was_training = model.training
     model.eval()
@@ -99,6 +114,9 @@ def measure(model: nn.Module, input_size: Sequence[int]) -> Footprint:
     positions = _positions(model, input_size)
     macs = 0
     for module, pos in positions.items():
+        if isinstance(module, nn.MultiheadAttention):
+            macs += pos
+            continue
         depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
         macs += _layer_macs(module, pos, _in_width(module), _width(module), depthwise)
     return Footprint(macs=macs, params=sum(p.numel() for p in model.parameters()))

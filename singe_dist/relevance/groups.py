@@ -37,29 +37,47 @@ def _is_grouped(module: nn.Module) -> bool:
         module.groups == module.in_channels == module.out_channels)
 
 
-def check_supported(model: nn.Module) -> None:
-    """Refuse, in one line and before any tracing, a model with a layer whose removal path is not gating.
+def check_supported(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Refuse, in one line and before any tracing, a model torch-pruning cannot follow; else its unwrapped parameters.
 
-    Only convolutions (dense or depthwise), linear layers and batch norms may hold parameters. A
-    LayerNorm or GroupNorm normalises across channels, so a channel gated to 0 still shifts the others'
-    statistics while a removed one does not; attention layers, class tokens, position embeddings and
-    layer scales are parameters torch-pruning only prunes when told how (ConvNeXt, ViT, Swin, MaxViT).
-    Scanning modules takes milliseconds, where tracing such a model can take minutes and gigabytes.
-    Grouped (non-depthwise) convolutions are handled per group by :func:`find_groups`.
+    Window attention with relative position tables (Swin, MaxViT) is refused: tracing it takes minutes
+    and gigabytes, and its channels would all be left out anyway. Parameters held outside a layer
+    (ConvNeXt's layer scales, ViT's class token and position embedding) are returned for
+    torch-pruning's ``unwrapped_parameters`` (channel dimension: their last one of size > 1); the
+    groups they touch are left out by :func:`find_groups`. Scanning modules takes milliseconds.
     """
+    unwrapped = []
     for name, module in model.named_modules():
-        own = [p for p, _ in module.named_parameters(recurse=False)]
-        if not own or isinstance(module, _LAYERS):
+        own = [(p_name, p) for p_name, p in module.named_parameters(recurse=False)]
+        if not own or isinstance(module, (*_LAYERS, nn.MultiheadAttention)) or _is_norm(module):
             continue
         where = f"{name!r} ({type(module).__name__})" if name else f"the model itself ({type(module).__name__})"
-        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower():
-            why = "normalises across channels, so gating a channel to 0 is not removing it"
-        elif isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower():
-            why = "is an attention layer"
-        else:
-            why = f"holds its own parameter {own[0]!r}"
-        raise SingeError(f"model not supported: {where} {why}; singe-dist prunes models whose parameters all live "
-                         "in Conv2d (dense or depthwise), Linear and BatchNorm layers")
+        if "attention" in type(module).__name__.lower() or any("relative_position" in p for p, _ in own):
+            raise SingeError(f"model not supported: {where} is window attention with a relative position table "
+                             "(Swin, MaxViT), which torch-pruning cannot trace in reasonable time and memory")
+        for _, param in own:
+            sizes = [i for i, n in enumerate(param.shape) if n > 1]
+            unwrapped.append((param, sizes[-1] if sizes else 0))
+    return unwrapped
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation across channels (LayerNorm, GroupNorm, torchvision's LayerNorm2d), not BatchNorm."""
+    kind = type(module).__name__.lower()
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or ("norm" in kind and "batchnorm" not in kind)
+
+
+def _why_not_gated(module: object) -> str | None:
+    """Why gating a channel of a group with this member at 0 would not be its removal, or None."""
+    if isinstance(module, nn.Parameter):
+        return "a parameter outside any layer (layer scale, class token, position embedding)"
+    if _is_grouped(module):
+        return f"a grouped convolution (groups={module.groups})"
+    if isinstance(module, nn.Module) and _is_norm(module):
+        return f"a {type(module).__name__} across channels"
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention"
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,11 +139,12 @@ def example_input(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
     """Trace the model into a torch-pruning dependency graph (after :func:`check_supported`)."""
-    check_supported(model)
+    unwrapped = check_supported(model)
     was_training = model.training
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                     unwrapped_parameters=unwrapped or None)
     except SingeError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch-pruning's tracer fails in many ways on models it cannot follow
@@ -145,10 +164,11 @@ def find_groups(
     """All prunable channel groups of ``model``, in module order.
 
     ``ignored_layers`` are module names whose output channels must stay; the classifier output
-    layer is always ignored. A group that passes through a grouped (non-depthwise) convolution is
-    left out, with one logged line: such a convolution mixes the channels of its group, so gating a
-    channel to 0 at the consumers is not the removal torch-pruning would apply, and relevance would
-    be integrated along a path that does not end at the removal.
+    layer is always ignored. A group is left out, with one logged line, when gating its channels to 0
+    at the consumers would not be their removal, so relevance would be integrated along a path that
+    does not end at the removal applied: it passes through a grouped (non-depthwise) convolution
+    (which mixes the channels of its group), a LayerNorm/GroupNorm (statistics across channels),
+    attention, or a parameter outside any layer. ConvNeXt and ViT then prune their MLP widths.
     """
     graph = graph or build_graph(model, example_inputs)
     names = {module: name for name, module in model.named_modules()}
@@ -159,9 +179,10 @@ def find_groups(
     ignored = [output_layer(model, example_inputs)] + [modules[n] for n in ignored_layers]
     groups, refused = [], []
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
-        members = []
+        members, why = [], None
         for item in tp_group.items:
             module = item.dep.target.module
+            why = why or _why_not_gated(module)
             if not isinstance(module, nn.Module) or module not in names:
                 continue  # functional ops (add, flatten, ...) carry no weights
             members.append(
@@ -175,17 +196,16 @@ def find_groups(
                 )
             )
         root = tp_group[0].dep.target.module
-        grouped = next((m for m in members if _is_grouped(m.module)), None)
-        if grouped is not None:
-            refused.append(f"{names[root]} (through {grouped.name}, groups={grouped.module.groups})")
+        if why is not None:
+            refused.append(f"{names[root]} ({why})")
             continue
         groups.append(ChannelGroup(id=names[root], size=len(tp_group[0].idxs), members=members, tp_group=tp_group))
     if refused:
-        log.warning("%d channel group(s) left unpruned: they pass through grouped convolutions, where gating a "
-                    "channel to 0 is not its removal: %s", len(refused), ", ".join(refused[:3]) + (" ..." if len(refused) > 3 else ""))
+        log.warning("%d channel group(s) left unpruned: gating a channel to 0 is not its removal where it passes "
+                    "through %s", len(refused), ", ".join(refused[:3]) + (" ..." if len(refused) > 3 else ""))
     if not groups:
         raise SingeError("the model has no prunable channel groups"
-                         + (" (every group passes through a grouped convolution)" if refused else ""))
+                         + (f" (all {len(refused)} pass through layers where gating is not removal)" if refused else ""))
     return groups
 
 
@@ -213,11 +233,14 @@ class Gates:
             if gate is None:
                 continue
             if scale is None:
-                scale = torch.ones(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+                width = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
+                scale = torch.ones(x.shape[0], width, dtype=x.dtype, device=x.device)
             idxs = idxs.to(x.device)
             scale = scale.index_copy(1, idxs, scale[:, idxs] * gate[:, root_idxs.to(x.device)].to(x.dtype))
         if scale is None:
             return None
+        if isinstance(module, nn.Linear):  # channels last: (N, C), (N, tokens, C) in ViT, (N, H, W, C) in ConvNeXt
+            return (x * scale.view(scale.shape[0], *([1] * (x.dim() - 2)), scale.shape[1]),) + tuple(args[1:])
         return (x * scale.view(*scale.shape, *([1] * (x.dim() - 2))),) + tuple(args[1:])
 
     @contextmanager
