@@ -155,3 +155,12 @@ def test_prefix_reuse_skips_a_module_whose_input_is_a_list_and_keeps_the_plain_r
     plain = compute_relevance(model, groups, batch, CriterionConfig(path="channel", steps=2, prefix_reuse=False))
     for gid in plain:
         torch.testing.assert_close(reused[gid], plain[gid], rtol=1e-6, atol=1e-9)
+
+
+def test_measured_macs_of_a_vit_count_attention_by_hand() -> None:
+    """nn.MultiheadAttention calls its projections functionally: its MACs are counted by hand, not missed."""
+    tokens, width, mlp = (32 // 8) ** 2 + 1, 64, 128
+    patches = 16 * width * 3 * 8 * 8
+    attention = 4 * tokens * width * width + 2 * tokens * tokens * width  # q, k, v, out projections; QK^T, AV
+    layer = attention + 2 * tokens * width * mlp
+    assert measure(small_vit(10), (3, 32, 32)).macs == patches + 2 * layer + width * 10
