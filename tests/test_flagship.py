@@ -46,6 +46,7 @@ def test_flagship_config_runs_through_ray_job_submit(ray_head, tmp_path) -> None
     status, log, _ = rehearsal.submit_flagship(ray_head, overrides, deadline_s=600, log_path=out / "job.log",
                                                echo=False)
     assert status == 0, log[-6000:]
+    assert log.count("baseline: top-1") == 1, "rank 0's progress lines reach the job's log once"
 
     report = json.loads((out / "run" / "report.json").read_text())
     assert report["world_size"] == 2 and report["config"]["model.arch"] == "resnet50"
