@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from singe_dist.atomic import atomic_write_text
+from singe_dist.engine.latency import cpu_name
 from singe_dist.export import export_onnx
 from singe_dist.models import build_model
 from singe_dist.plan.cost import measure
@@ -43,16 +43,6 @@ from singe_dist.relevance.config import CriterionConfig
 from singe_dist.report import format_table
 
 NUM_CLASSES = 1000
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _session(path: Path, threads: int):  # noqa: ANN202
@@ -164,7 +154,7 @@ def main() -> None:
         table.append(line)
     header = (f"model={args.model} input={args.size}x{args.size} batch={','.join(map(str, batch_sizes))} "
               f"intra_op_threads={args.threads} inter_op_threads=1 opt=ORT_ENABLE_ALL repeats={args.repeats} "
-              f"warmup={args.warmup} criterion=magnitude cpu={_cpu_name()} ({os.cpu_count()} cores) "
+              f"warmup={args.warmup} criterion=magnitude cpu={cpu_name()} ({os.cpu_count()} cores) "
               f"onnxruntime={ort.__version__} torch={torch.__version__} date={date}")
     load = (f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
             f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; total {elapsed:.0f} s; exports "

@@ -42,7 +42,6 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -59,6 +58,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 import torch  # noqa: E402
 
 from singe_dist.atomic import atomic_write, atomic_write_text  # noqa: E402
+from singe_dist.engine.latency import cpu_name  # noqa: E402
 from singe_dist.models import build_model  # noqa: E402
 from singe_dist.plan.cost import measure  # noqa: E402
 from singe_dist.plan.decide import Budget, prune_one_shot  # noqa: E402
@@ -68,16 +68,6 @@ from singe_dist.report import format_table  # noqa: E402
 
 NUM_CLASSES = 1000
 ROUNDINGS = (1, 8)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _keep_freed_memory() -> str:
@@ -285,7 +275,7 @@ def main() -> None:
     header = (f"models={','.join(args.models)} input={args.size}x{args.size} batch={','.join(map(str, args.batch_sizes))} "
               f"threads={args.threads} layout=NCHW malloc={malloc} "
               f"onednn_cache={os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']} repeats={args.repeats} warmup={args.warmup} "
-              f"criteria={','.join(args.criteria)} cpu={_cpu_name()} ({os.cpu_count()} cores) "
+              f"criteria={','.join(args.criteria)} cpu={cpu_name()} ({os.cpu_count()} cores) "
               f"torch={torch.__version__} date={date}")
     load = (f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
             f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; CPU share of the timed forwards "
@@ -310,14 +300,14 @@ def main() -> None:
         meta = {"header": header, "models": args.models, "size": args.size, "batch_sizes": args.batch_sizes,
                 "threads": args.threads, "malloc": malloc,
                 "onednn_primitive_cache_capacity": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], "repeats": args.repeats, "warmup": args.warmup, "criteria": args.criteria,
-                "fractions": args.fractions, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+                "fractions": args.fractions, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
                 "torch": torch.__version__, "date": date, "load_before": load_before, "load_after": load_after,
                 "cpu_share": {str(b): s for b, s in cpu_share.items()}, "total_s": elapsed, "results": results}
         atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(meta, indent=1))
     if args.plot:
         _plot(args.plot, results, args.models, args.batch_sizes,
               f"CPU latency speed-up of pruned models: median wall-clock, {args.size} px, {args.threads} thread(s), "
-              f"{_cpu_name()}, torch {torch.__version__}, {date}")
+              f"{cpu_name()}, torch {torch.__version__}, {date}")
 
 
 if __name__ == "__main__":

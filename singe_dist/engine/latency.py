@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import copy
+import platform
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the header of a latency table (numbers mean nothing without it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def measure_latency(
