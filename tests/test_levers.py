@@ -196,6 +196,16 @@ def test_distillation_needs_a_baseline(digits_shards, tmp_path) -> None:
         PruneJob(config, log=lambda _m: None).run()
 
 
+def test_distillation_is_on_by_default_only_when_there_is_a_trained_model_to_distil_from() -> None:
+    from singe_dist.config import DISTILL_WEIGHT, load_config
+
+    assert DISTILL_WEIGHT == 0.5
+    assert load_config(None, ["model.checkpoint=base.pt"]).finetune.distill_weight == DISTILL_WEIGHT
+    assert load_config(None, []).finetune.distill_weight == 0.0  # no checkpoint: nothing to distil from
+    assert load_config(None, ["model.checkpoint=base.pt", "finetune.distill_weight=0"]).finetune.distill_weight == 0
+    assert load_config(None, ["model.checkpoint=base.pt", "finetune.distill_weight=0.2"]).finetune.distill_weight == 0.2
+
+
 # ------------------------------------------------------------------------------------- data and models
 def _write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
