@@ -123,7 +123,8 @@ def job_config(args: argparse.Namespace, data: dict[str, str], seed: int, out_di
             f"run.out_dir={out_dir}", "run.latency_batch_sizes=[]", f"run.device={args.device}",
             "tracking.enabled=false", "distributed.num_workers=0", f"criterion.steps={args.path_points}",
             f"criterion.calibration_batches={args.calibration_batches}", f"data.batch_size={args.batch_size}",
-            f"prune.bn_batches={args.calibration_batches}", f"train.iters={args.train_iters}"]
+            f"prune.bn_batches={args.calibration_batches}", f"train.iters={args.train_iters}",
+            "finetune.distill_weight=0"]  # the job's default distils; here only the settings that say so (DISTILL)
     if args.dataset == "digits":
         base += [f"data.image_size={args.size}", f"data.resize_size={args.size}", "data.mean=[0.305,0.305,0.305]",
                  "data.std=[0.324,0.324,0.324]", "data.hflip=false", "data.train_samples=1437"]
