@@ -476,11 +476,14 @@ def verdict(data: dict, setting: tuple[str, str], fractions: list[float]) -> str
     baseline's better allocation on the development split) by more than the seed spread?
 
     "More than the seed spread" means: difference of means > the larger of the two standard deviations
-    over seeds. Reported for one-shot (BN re-estimated), entwined short and entwined long.
+    over seeds. Reported for one-shot (BN re-estimated), entwined short and entwined long. A setting
+    that distils is also checked against the baselines that distil too, where they were measured: the
+    like-for-like comparison of criteria (the rows without distillation show what the lever adds).
     """
     from singe_dist.report import format_table
 
     label, allocation = setting
+    lever = [f"{b} distill" for b in BASELINES] if CRITERIA[label].fine_tune_lever else []
     measures = (("oneshot", "top1", "dev_top1", "one-shot"), ("entwined", "short_top1", "long_dev_top1", "short FT"),
                 ("entwined", "long_top1", "long_dev_top1", "long FT"))
     rows = []
@@ -489,7 +492,7 @@ def verdict(data: dict, setting: tuple[str, str], fractions: list[float]) -> str
             mine = _pick(data, part, label, allocation, fraction, key)
             if not mine:
                 continue
-            for base in (b for b in BASELINES if b != label):
+            for base in (b for b in (*BASELINES, *lever) if b != label):
                 # the baseline's allocation is chosen on the development split, among those it has on
                 # as many seeds as the setting (a mean over fewer seeds must not decide)
                 options = [(len(d) >= len(mine), statistics.fmean(d), a) for a in ALLOCATIONS
