@@ -85,6 +85,8 @@ CRITERIA = {
         Criterion("magnitude L2 distill", ("criterion.name=magnitude", "criterion.norm=2", *DISTILL)),
         Criterion("singe group signed replan distill", ("criterion.name=singe", "criterion.path=group",
                                                         "criterion.reduce=signed", "criterion.replan=2", *DISTILL)),
+        Criterion("taylor distill", ("criterion.name=taylor", *DISTILL)),
+        Criterion("random distill", ("criterion.name=random", *DISTILL)),
     )
 }
 ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]
