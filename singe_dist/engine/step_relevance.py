@@ -55,7 +55,11 @@ class StepRelevance:
         """The dependency groups of ``model`` and one score per channel, identical on every rank."""
         groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
         if not self.removal_checked:  # each rank checks its own first calibration batch: no collective needed
-            x = self.calibration(self.streams, step, 1)[0][0].to(next(model.parameters()).device)
+            # read as many batches as this step's relevance or BN re-estimation will, so the cache serves them
+            # and no batch is decoded twice
+            need = self.criterion.calibration_batches if self.criterion.needs_data and not self.split_channels else 0
+            batches = self.calibration(self.streams, step, max(1, need, self.config.prune.bn_batches))
+            x = batches[0][0].to(next(model.parameters()).device)
             self.log(check_removal(model, groups, x, self.input_size).line())
             self.removal_checked = True
         if not self.criterion.needs_data:

@@ -48,7 +48,7 @@ def check_supported(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
     """
     unwrapped = []
     for name, module in model.named_modules():
-        own = [(p_name, p) for p_name, p in module.named_parameters(recurse=False)]
+        own = list(module.named_parameters(recurse=False))
         if not own or isinstance(module, (*_LAYERS, nn.MultiheadAttention)) or _is_norm(module):
             continue
         where = f"{name!r} ({type(module).__name__})" if name else f"the model itself ({type(module).__name__})"
