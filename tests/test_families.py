@@ -120,6 +120,30 @@ def test_groups_through_a_grouped_convolution_are_left_out_and_the_self_check_wo
         check_removal(model, every, x, size)
 
 
+def test_the_self_check_compares_in_exact_float32_and_restores_the_precision_flags() -> None:
+    """On a GPU, cuDNN convolutions default to TF32; its rounding failed the check on an H200 (1.9e-4) for
+    a model that is supported. The check turns TF32 off for its forwards and restores the user's flags."""
+    seen: list[tuple[bool, bool]] = []
+
+    class _Recording(_Grouped):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return super().forward(x)
+
+    size = (3, 16, 16)
+    model = _Recording().eval()
+    kept = find_groups(model, example_input(model, size))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        seen.clear()
+        check_removal(model, kept, torch.randn(4, *size), size)
+        assert seen and all(flags == (False, False) for flags in seen)  # every forward of the check, gated and removed
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class _ListInput(nn.Module):
     """A DenseNet-style layer whose forward takes a *list* of tensors (torchvision's ``_DenseLayer``)."""
 
