@@ -24,7 +24,7 @@ several invocations (one per seed, on different cores) merge with ``--merge``.
 
     uv run python benchmarks/quality.py --work runs/bench/fashion --out docs/results/fashion --seeds 0
     uv run python benchmarks/quality.py --merge docs/results/fashion-s*.json --out docs/results/fashion --plot docs/plots/fashion.png
-    uv run python benchmarks/quality.py --device cuda ...    # on a lent GPU
+    uv run python benchmarks/quality.py --device cuda ...    # on a lent GPU (benchmarks/quality_gpu.sh: many at once)
     uv run python benchmarks/quality.py --smoke              # seconds, on the bundled digits, for the test suite
 """
 
@@ -87,6 +87,8 @@ CRITERIA = {
                                                         "criterion.reduce=signed", "criterion.replan=2", *DISTILL)),
         Criterion("taylor distill", ("criterion.name=taylor", *DISTILL)),
         Criterion("random distill", ("criterion.name=random", *DISTILL)),
+        Criterion("singe channel signed distill", ("criterion.name=singe", "criterion.path=channel",
+                                                   "criterion.reduce=signed", *DISTILL)),
     )
 }
 ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]

@@ -8,6 +8,7 @@ themselves).
 from __future__ import annotations
 
 import json
+import os
 import re
 import runpy
 import subprocess
@@ -57,6 +58,29 @@ def test_relevance_cost_prefix_reuse_smoke() -> None:
     assert header[0] == "path" and [r[0].split(" (")[0] for r in body] == ["group", "channel"]
     for row in body:
         assert float(row[1]) > 0 and float(row[2]) > 0 and float(row[4]) <= 1e-6
+
+
+def test_quality_gpu_runner_runs_jobs_side_by_side_and_resumes(tmp_path: Path) -> None:
+    """benchmarks/quality_gpu.sh (here with DEVICE=cpu): one store per job line, cells merged afterwards."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("# seed|allocation|criterion\n0|uniform|magnitude L2\n\n0|global|random\n")
+    tiny = ["--dataset", "digits", "--train-iters", "10", "--steps", "1", "--iters", "1", "--final-iters", "1",
+            "--batch-size", "32", "--calibration-batches", "1", "--fractions", "0.5"]
+    cmd = ["bash", str(ROOT / "benchmarks" / "quality_gpu.sh"), str(tmp_path / "work"), str(tmp_path / "stores"),
+           str(jobs), "300", "2", "--", *tiny]
+    env = {**os.environ, "DEVICE": "cpu"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(line.split(" ", 1)[0] for line in proc.stdout.splitlines()) == ["done", "done", "start", "start"]
+    stores = sorted((tmp_path / "stores").glob("*.json"))
+    assert [p.name for p in stores] == ["s0-global-random.json", "s0-uniform-magnitude_L2.json"]
+    rows = [r for p in stores for r in json.loads(p.read_text())["entwined"]]
+    assert {(r["criterion"], r["allocation"]) for r in rows} == {("magnitude L2", "uniform"), ("random", "global")}
+    assert all(r["set"] == ["finetune.amp=false", "criterion.max_rows=4096"] for r in rows)
+    # a rerun finds every cell stored and computes nothing
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    assert again.returncode == 0, again.stderr
+    assert not any("entwined seed" in p.read_text() for p in (tmp_path / "stores").glob("*.log"))
 
 
 def test_quality_smoke(tmp_path: Path) -> None:
