@@ -546,8 +546,12 @@ def plot(data: dict, criteria: list[str], allocations: list[str], fractions: lis
             ax.axhline(base, color="grey", linewidth=0.8, label="unpruned (mean)")
             ax.set(title=f"{title} ({allocation})", xlabel="MACs removed (%)", ylabel="top-1 (test)")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    legend = {}  # one entry per criterion drawn in any panel (some have entwined cells only)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.03 + 0.012 * ((len(legend) + 4) // 5), 1, 1))
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     plt.close(fig)
 
@@ -596,13 +600,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.merge:
-        store = Store(None, args)
+        store, devices = Store(None, args), set()
         for path in args.merge:
+            devices.add(json.loads(path.read_text()).get("args", {}).get("device", "cpu"))
             part = Store(path, args)
             for name in ("oneshot", "entwined"):
                 store.data[name].update(part.data[name])
             store.data["baselines"].update(part.data["baselines"])
     else:
+        devices = {args.device}
         args.work = args.work or Path(tempfile.mkdtemp(prefix="singe-quality-"))
         args.work.mkdir(parents=True, exist_ok=True)
         store = Store(args.out.with_suffix(".json") if args.out else None, args)
@@ -624,7 +630,7 @@ def main() -> None:
     header = (f"{args.dataset} cifar_resnet20, seeds {sorted(int(s) for s in bases)}, unpruned top-1 (test) "
               f"{test_m:.4f} ± {test_s:.4f}; calibration {args.calibration_batches}x{args.batch_size} images, "
               f"S={args.path_points}; entwined: {args.steps} steps x {args.iters} iters (short) + {args.final_iters} "
-              f"final (long); threads={args.threads} device={args.device} cpu={platform.machine()} "
+              f"final (long); threads={args.threads} device={'+'.join(sorted(devices))} cpu={platform.machine()} "
               f"torch={torch.__version__} date={datetime.date.today()} ({time.perf_counter() - start:.0f}s)")
     shown = list(CRITERIA)  # every setting with stored cells gets its row (the table skips the others)
     text = header + "\n\n" + table(store.data, shown, args.allocations, args.fractions)
