@@ -6,6 +6,7 @@ job must finish, report the loss of tracking once and leak no secret (docs/RELIA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -281,6 +283,26 @@ def test_plots_and_final_metrics_from_a_report(tmp_path) -> None:
 
 # ------------------------------------------------------------------------------------ real server
 @pytest.mark.slow
+@contextlib.contextmanager
+def _imports_restored() -> Iterator[None]:
+    """Undo what loading a logged model does to this process's imports.
+
+    ``mlflow.pytorch.load_model`` puts the model's ``code`` folder (our package, copied beside the
+    model) first on ``sys.path`` and imports ``singe_dist`` from it. Left so, later tests in this
+    process, and the processes they spawn (which inherit ``sys.path``), ran the copy and looked for
+    its config files beside it.
+    """
+    path = list(sys.path)
+    ours = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "singe_dist"}
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        for name in [n for n in sys.modules if n.split(".")[0] == "singe_dist" and n not in ours]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+
+
 def test_a_run_logs_params_step_metrics_artifacts_and_a_model_that_loads(digits_shards, uri_env, tmp_path) -> None:
     run_dir = tmp_path / "runs" / "singe"
     config = _config(digits_shards, run_dir, "tracking.register_model=singe-digits-test")
@@ -338,7 +360,8 @@ def test_a_run_logs_params_step_metrics_artifacts_and_a_model_that_loads(digits_
     assert [v.run_id for v in versions] == [tracker.run_id]
     info = mlflow.models.get_model_info(tracker.model_uri)
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, DIGITS_SIZE, DIGITS_SIZE]
-    logged = mlflow.pytorch.load_model(tracker.model_uri).eval()
+    with _imports_restored():
+        logged = mlflow.pytorch.load_model(tracker.model_uri).eval()
     expected = load_model(run_dir / "pruned.pt")[0].eval()
     x = torch.randn(8, 3, DIGITS_SIZE, DIGITS_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
