@@ -106,10 +106,15 @@ def test_groups_through_a_grouped_convolution_are_left_out_and_the_self_check_wo
     size = (3, 16, 16)
     model = _Grouped().eval()
     x = torch.randn(4, *size)
+    monkeypatch.setattr(groups_module, "_ALREADY_WARNED", set())  # whatever earlier tests warned about
     with caplog.at_level(logging.WARNING, logger="singe_dist.relevance.groups"):
         kept = find_groups(model, example_input(model, size))
     assert [g.id for g in kept] == ["mix.0"]  # the stem's and the grouped conv's channels pass through it
     assert "2 channel group(s) left unpruned" in caplog.text and "groups=4" in caplog.text
+    caplog.clear()  # a job finds the groups again at every step: the warning is not repeated
+    with caplog.at_level(logging.WARNING, logger="singe_dist.relevance.groups"):
+        assert [g.id for g in find_groups(model, example_input(model, size))] == ["mix.0"]
+    assert "left unpruned" not in caplog.text
     check_removal(model, kept, x, size)
     # let the grouped convolution's groups through: gating is then not the removal, and the check says where
     monkeypatch.setattr(groups_module, "_is_grouped", lambda _module: False)

@@ -29,6 +29,7 @@ from singe_dist.errors import SingeError
 _CONSUMER_HANDLERS = {tp.prune_conv_in_channels, tp.prune_linear_in_channels}
 _LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)  # the layers that may hold parameters
 log = logging.getLogger(__name__)
+_ALREADY_WARNED: set[str] = set()  # "left unpruned" lines logged so far in this process
 
 
 def _is_grouped(module: nn.Module) -> bool:
@@ -201,8 +202,11 @@ def find_groups(
             continue
         groups.append(ChannelGroup(id=names[root], size=len(tp_group[0].idxs), members=members, tp_group=tp_group))
     if refused:
-        log.warning("%d channel group(s) left unpruned: gating a channel to 0 is not its removal where it passes "
-                    "through %s", len(refused), ", ".join(refused[:3]) + (" ..." if len(refused) > 3 else ""))
+        message = (f"{len(refused)} channel group(s) left unpruned: gating a channel to 0 is not its removal where "
+                   f"it passes through {', '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}")
+        # once per process and model shape: a job finds the groups again at every pruning step
+        log.log(logging.DEBUG if message in _ALREADY_WARNED else logging.WARNING, message)
+        _ALREADY_WARNED.add(message)
     if not groups:
         raise SingeError("the model has no prunable channel groups"
                          + (f" (all {len(refused)} pass through layers where gating is not removal)" if refused else ""))
