@@ -61,7 +61,7 @@ def test_relevance_cost_prefix_reuse_smoke() -> None:
 
 
 def test_quality_gpu_runner_runs_jobs_side_by_side_and_resumes(tmp_path: Path) -> None:
-    """benchmarks/quality_gpu.sh (here with DEVICE=cpu): one store per job line, cells merged afterwards."""
+    """benchmarks/quality_gpu.sh (here with DEVICE=cpu): one store per job line, run side by side; a rerun resumes."""
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("# seed|allocation|criterion\n0|uniform|magnitude L2\n\n0|global|random\n")
     tiny = ["--dataset", "digits", "--train-iters", "10", "--steps", "1", "--iters", "1", "--final-iters", "1",
