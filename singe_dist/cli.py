@@ -239,14 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_criterion_args(p)
     p.set_defaults(func=cmd_relevance)
 
-    p = sub.add_parser("prune", help="the main job: entwined SInGE pruning and fine-tuning")
+    p = sub.add_parser("prune", help="the main job: entwined pruning and fine-tuning (criterion.name: magnitude by "
+                       "default, singe, taylor or random)")
     job_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("train", help="train a baseline model from shards")
     job_args(p)
-    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument("--out", required=True, help="checkpoint to write (fresh weights, or trained on from "
+                   "model.checkpoint when that names another file)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_train)
 

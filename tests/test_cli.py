@@ -55,6 +55,24 @@ def test_demo_writes_shards_trains_a_baseline_and_prunes_half_the_macs(tmp_path)
     assert Plan.load(tmp_path / "prune" / "plan.json").digest() == report["plan_digest"]
 
 
+def test_train_writes_the_baseline_its_config_names_and_then_refuses_to_overwrite_it(tmp_path) -> None:
+    """The README's `singe-dist train --config jobs/configs/demo.yaml --out runs/demo/baseline.pt`: the config's
+    model.checkpoint is that very file, which training must write from fresh weights, not demand first."""
+    from singe_dist.data.convert import digits_to_shards
+
+    digits_to_shards(tmp_path / "data", size=16)
+    out = tmp_path / "baseline.pt"
+    args = ["train", "--config", "jobs/configs/demo.yaml", "--out", str(out), "--set", f"model.checkpoint={out}",
+            "--set", f"data.train={tmp_path}/data/train-{{000000..000001}}.tar",
+            "--set", f"data.val={tmp_path}/data/val-000000.tar", "--set", "data.image_size=16",
+            "--set", "data.resize_size=16", "--set", "train.iters=2", "--set", "tracking.enabled=false"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["iters"] == 2
+    again = run_cli(*args)
+    assert again.returncode != 0 and f"{out} already exists: pass --overwrite" in again.stderr, again.stderr
+
+
 def test_the_relevance_flags_take_the_criterions_own_choices_and_defaults() -> None:
     """One definition (relevance/config.py): the CLI's choices and the defaults its help shows are read from it."""
     from singe_dist.cli import build_parser

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``shards`` sub-command; its handler is ``args.func``."""
     parser = subparsers.add_parser(
         "shards",
-        help="write webdataset shards from an ImageFolder tree or the bundled digits",
+        help="write webdataset shards from an ImageFolder tree, Fashion-MNIST or the bundled digits",
         description="Write webdataset tar shards (<prefix>-000000.tar, ...) and classes.json into --out.",
     )
     source = parser.add_mutually_exclusive_group(required=True)

@@ -18,11 +18,19 @@ from singe_dist.atomic import atomic_write_text
 
 
 def train_baseline(config: JobConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``config.model`` for ``config.train.iters`` iterations; write ``out`` and ``out``.json."""
+    """Train ``config.model`` for ``config.train.iters`` iterations; write ``out`` and ``out``.json.
+
+    Starts from ``model.checkpoint`` when it names another file (training on from it), and from fresh
+    weights when it names ``out`` itself: a job config names the baseline it prunes, and training that
+    baseline from the same config must write it, not first demand that it exist.
+    """
     seed_phase(config.run.seed, -2, 0)
     device = pick_device(config.run.device, 0)
     streams = DataStreams(config.data, config.model.num_classes, seed=config.run.seed)
-    model, arch, num_classes, plan = load_model(config.model.checkpoint, config.model.arch, config.model.num_classes)
+    start = config.model.checkpoint
+    if start is not None and Path(start).resolve() == Path(out).resolve():
+        start = None
+    model, arch, num_classes, plan = load_model(start, config.model.arch, config.model.num_classes)
     model = model.to(device)
     optimizer = make_optimizer(model, config.train.lr, config.finetune.momentum, config.finetune.weight_decay)
     t0 = time.perf_counter()
