@@ -19,7 +19,8 @@ from singe_dist.errors import SingeError
 # flag -> (CriterionConfig field, what it sets); a flag left out takes the config's criterion section
 # (--config/--set), else the CriterionConfig default. Choices and defaults come from relevance/config.py.
 _CRITERION_FLAGS = {
-    "criterion": ("name", ""),
+    "criterion": ("name", "with --config/--set: the config's criterion.name (a job's default, magnitude, if it "
+                  "names none); else"),
     "path": ("path", "SInGE removal path"),
     "steps": ("steps", "SInGE quadrature points S"),
     "rule": ("rule", ""),

@@ -68,7 +68,8 @@ class CriterionSection(CriterionConfig):
     A job's default criterion is magnitude L2, not SInGE: it is the setting the quality benchmark's
     fixed rule chose on the Fashion-MNIST development split (best top-1 after the job's fine-tuning,
     3 seeds, 70% and 85% of MACs; docs/BENCHMARKS.md). SInGE stays the default of ``singe-dist
-    relevance`` and is one key away (``criterion.name: singe``), as in the shipped job configs.
+    relevance`` run without ``--config``/``--set`` (with them it scores with the config's criterion), and
+    is one key away (``criterion.name: singe``), as in the shipped job configs.
     """
 
     name: CriterionName = "magnitude"
