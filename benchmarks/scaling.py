@@ -89,14 +89,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.size, args.samples, args.batch, args.steps = 16, 16, 8, 2
-    import ray
-
+    from singe_dist.distributed.ray_launcher import connect
     from singe_dist.report import format_table
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
+    # a local runtime of our own on 127.0.0.1, as the job starts one (never someone else's `ray start`
+    # cluster); no dashboard, so Ray Train's state actor has nothing to reconcile with
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
+    ray = connect(None, num_cpus=2)
     ray_start = time.perf_counter() - t0
     cfg = {"model": args.model, "size": args.size, "samples": args.samples, "batch": args.batch, "steps": args.steps}
     results = {}

@@ -1,5 +1,7 @@
 """Smoke runs of every script under benchmarks/: they run from the README's environment and print a table.
 
+(demo_time.py has no smoke mode: it times `make demo`, which CI runs the way the README says.)
+
 Their numbers are not checked here (timings belong in docs/BENCHMARKS.md, not in assertions); the
 tables' shapes are, and whatever is deterministic (footprints within budget, rankings never against
 themselves).
@@ -123,6 +125,22 @@ def test_quality_smoke(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "[1/" not in again.stdout and "one-shot seed" not in again.stdout
     assert _tables(again.stdout) == _tables(proc.stdout)
+
+
+@pytest.mark.timeout(900)  # Ray start-up and two worker groups: minutes when the CPUs are busy
+def test_scaling_smoke(tmp_path: Path) -> None:
+    """benchmarks/scaling.py: relevance on 1 and 2 Ray Train workers of a local runtime of its own (127.0.0.1)."""
+    out = tmp_path / "scaling.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own runtime, as a laptop user has
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=840, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header[0] == "workers" and [r[0] for r in body] == ["1", "2"]
+    results = json.loads(out.read_text())["results"]
+    # the same calibration set and model on either world size: the one all-reduce moves the same table
+    assert results["1"]["allreduce_bytes"] == results["2"]["allreduce_bytes"] > 0
+    assert results["1"]["samples"] == results["2"]["samples"] == 16
 
 
 def test_gpu_script_smoke() -> None:
