@@ -39,6 +39,7 @@ from singe_dist.export import export_onnx
 from singe_dist.models import build_model
 from singe_dist.plan.cost import measure
 from singe_dist.plan.decide import Budget, prune_one_shot
+from singe_dist.plan.select import Policy
 from singe_dist.relevance.config import CriterionConfig
 from singe_dist.report import format_table
 
@@ -66,7 +67,7 @@ def _models(arch: str, size: int, fraction: float, tmp: Path) -> list[dict]:
         model = build_model(arch, NUM_CLASSES).eval()
         if removed:
             prune_one_shot(model, arch, NUM_CLASSES, input_size, None, CriterionConfig(name="magnitude"),
-                           Budget("macs", removed))
+                           Budget("macs", removed), Policy(allocation="global"))  # as the recorded latencies
         footprint = measure(model.eval(), input_size)
         path = tmp / f"{arch}-{int(100 * removed)}.onnx"
         result = export_onnx(model, path, input_size)

@@ -337,7 +337,7 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
     from singe_dist.data.streams import DataStreams
     from singe_dist.engine.train import evaluate, recalibrate_batchnorm
     from singe_dist.plan.cost import CostModel
-    from singe_dist.plan.select import select_channels
+    from singe_dist.plan.select import Policy, select_channels
     from singe_dist.plan.plan import apply_step
     from singe_dist.relevance.criteria import accumulate, compute_relevance
     from singe_dist.relevance.groups import Gates, example_input, find_groups
@@ -381,7 +381,7 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
         flat = torch.cat([scores[g.id] for g in groups]).numpy()
         pruned = copy.deepcopy(model)
         cost = CostModel(pruned, find_groups(pruned, example_input(pruned, size)), size)
-        chosen = select_channels(scores, cost, cost.macs * (1 - fraction)).channels
+        chosen = select_channels(scores, cost, cost.macs * (1 - fraction), Policy(allocation="global")).channels
         predicted = sum(float(loo[gid][idx].sum()) for gid, idx in chosen.items())
         apply_step(pruned, chosen, size)
         recalibrate_batchnorm(pruned, calibration)

@@ -111,7 +111,8 @@ def _build_configs(args: argparse.Namespace) -> list[dict]:
                     start = time.perf_counter()
                     _plan, selection = prune_one_shot(
                         model, arch, NUM_CLASSES, size, None, CriterionConfig(name=criterion),
-                        Budget("macs", fraction), Policy(constraints=Constraints(round_to=round_to)))
+                        Budget("macs", fraction),
+                        Policy(constraints=Constraints(round_to=round_to), allocation="global"))  # as recorded
                     prune_s = time.perf_counter() - start
                     footprint = measure(model.eval(), size)
                     configs.append({"model": arch, "criterion": criterion, "fraction": fraction, "round_to": round_to,

@@ -19,7 +19,7 @@ import yaml
 
 from singe_dist.errors import SingeError
 from singe_dist.model_spec import is_import_spec, parse_import_spec
-from singe_dist.plan.limits import LIMITS, check_limit
+from singe_dist.plan.limits import DEFAULT_ALLOCATION, LIMITS, check_allocation, check_limit
 from singe_dist.relevance.config import CriterionConfig, CriterionName
 
 
@@ -87,7 +87,7 @@ class PruneConfig:
     min_keep: int = 1
     round_to: int = 1
     normalize_by_cost: bool = False
-    allocation: Literal["global", "uniform"] = "uniform"  # channels each group loses (plan/select.py; BENCHMARKS)
+    allocation: Literal["global", "uniform"] = DEFAULT_ALLOCATION  # channels each group loses (plan/select.py)
     max_remove_fraction: float = 1.0  # cap on the fraction of any group's original width removed (global)
     substeps: int = 1  # greedy: split each step's removal in this many, relevance re-estimated in between
     bn_batches: int = 4  # calibration batches that re-estimate BatchNorm statistics after each removal (0: off)
@@ -169,6 +169,7 @@ class JobConfig:
         _check(self.prune.steps >= 1, "prune.steps", "must be >= 1", self.prune.steps)
         _check(self.prune.substeps >= 1, "prune.substeps", "must be >= 1", self.prune.substeps)
         _check(self.prune.bn_batches >= 0, "prune.bn_batches", "must be >= 0", self.prune.bn_batches)
+        check_allocation(self.prune.allocation, self.prune.normalize_by_cost, "config prune.")
         if self.finetune.distill_weight is None:  # the default: distil when there is a trained model to distil from
             self.finetune.distill_weight = DISTILL_WEIGHT if self.model.checkpoint is not None else 0.0
         _check(0.0 <= self.finetune.distill_weight <= 1.0, "finetune.distill_weight", "must be in [0, 1]",

@@ -110,7 +110,8 @@ def test_uniform_allocation_removes_the_same_fraction_from_every_group(round_to:
     model = build_model("cifar_resnet20", 10)
     groups = find_groups(model, example_input(model, (3, 28, 28)))
     cost = CostModel(model, groups, (3, 28, 28))
-    global_sel = select_channels(_scores(groups), cost, cost.macs * 0.5, Policy(constraints=constraints))
+    global_sel = select_channels(_scores(groups), cost, cost.macs * 0.5,
+                                 Policy(constraints=constraints, allocation="global"))
     spread = [len(global_sel.channels.get(g.id, [])) / g.size for g in groups]
     assert max(spread) - min(spread) > 2 * unit
 
@@ -122,7 +123,8 @@ def test_max_remove_fraction_caps_every_group_relative_to_its_original_width() -
     first = next(g for g in groups if g.size == 64)
     scores[first.id] = scores[first.id] - 10.0  # this group alone looks removable: global would strip it
     cost = CostModel(model, groups, (3, 28, 28))
-    capped = select_channels(scores, cost, cost.macs * 0.6, Policy(constraints=Constraints(max_remove_fraction=0.5)))
+    capped = select_channels(scores, cost, cost.macs * 0.6,
+                            Policy(constraints=Constraints(max_remove_fraction=0.5), allocation="global"))
     assert capped.reached
     assert len(capped.channels[first.id]) == 32
     assert all(len(c) <= math.floor(0.5 * g.size) for g in groups for c in [capped.channels.get(g.id, [])])
@@ -131,7 +133,8 @@ def test_max_remove_fraction_caps_every_group_relative_to_its_original_width() -
     sizes = {g.id: g.size for g in groups}
     original = {**sizes, first.id: 64 + 24}
     later = select_channels(scores, cost, cost.macs * 0.6,
-                            Policy(constraints=Constraints(max_remove_fraction=0.5), original_sizes=original))
+                            Policy(constraints=Constraints(max_remove_fraction=0.5), original_sizes=original,
+                                   allocation="global"))
     assert len(later.channels[first.id]) == 44 - 24
 
 

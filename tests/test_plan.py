@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from singe_dist.checkpoint import load_model, save_checkpoint
+from singe_dist.errors import SingeError
 from singe_dist.models import build_model
 from singe_dist.plan.cost import CostModel, measure
 from singe_dist.plan.decide import Budget, decide_and_remove, prune_one_shot
@@ -61,7 +62,8 @@ def test_budget_met_within_one_channel_and_cost_model_is_exact(arch: str, size: 
     scores = compute_relevance(model, groups, None, CriterionConfig(name="random", seed=1))
     original = measure(model, input_size)
     budget = Budget(metric, 0.5)
-    selection = decide_and_remove(model, groups, scores, input_size, budget.target(original), Policy(metric))
+    selection = decide_and_remove(model, groups, scores, input_size, budget.target(original),
+                                  Policy(metric, allocation="global"))
     after = measure(model, input_size)
     assert (selection.macs, selection.params) == (after.macs, after.params)  # prediction == measurement
     target = budget.target(original)
@@ -93,7 +95,8 @@ def test_rounding_minimum_keep_and_ignored_layers() -> None:
     scores = compute_relevance(model, groups, None, CriterionConfig(name="random"))
     constraints = Constraints(min_keep_fraction=0.25, min_keep=12, round_to=8)
     original = measure(model, input_size)
-    sel = decide_and_remove(model, groups, scores, input_size, original.macs * 0.3, Policy(constraints=constraints))
+    sel = decide_and_remove(model, groups, scores, input_size, original.macs * 0.3,
+                           Policy(constraints=constraints, allocation="global"))
     widths = pruned_widths(model)
     for gid, size in sizes.items():
         kept = widths[gid]
@@ -110,7 +113,7 @@ def test_ties_are_broken_deterministically() -> None:
     for order in (groups, list(reversed(groups))):
         cost = CostModel(model, order, INPUT)
         scores = {g.id: flat[g.id] for g in order}
-        picks.append(select_channels(scores, cost, cost.base.macs * 0.7).channels)
+        picks.append(select_channels(scores, cost, cost.base.macs * 0.7, Policy(allocation="global")).channels)
     assert picks[0] == picks[1]
     first_group = sorted(flat)[0]
     assert picks[0][first_group][:3] == [0, 1, 2]  # group id, then channel index
@@ -123,19 +126,33 @@ def test_cost_normalised_ranking_prefers_expensive_channels() -> None:
     costs = CostModel(model, groups, INPUT).channel_costs()
     cheapest_macs = min(costs, key=lambda gid: costs[gid][0])
     sel = select_channels(scores, CostModel(model, groups, INPUT), measure(model, INPUT).macs * 0.95,
-                          Policy(normalize_by_cost=True))
+                          Policy(allocation="global", normalize_by_cost=True))
     assert cheapest_macs not in sel.channels
     assert max(sel.channels, key=lambda gid: len(sel.channels[gid])) == max(costs, key=lambda gid: costs[gid][0])
 
 
 def test_a_selection_policy_is_checked_once_and_must_count_what_the_budget_counts() -> None:
-    from singe_dist.errors import SingeError
-
     with pytest.raises(SingeError, match="allocation must be one of global, uniform, got 'even'"):
         Policy(allocation="even")
     with pytest.raises(SingeError, match="metric"):
         Policy(metric="flops")
+    # uniform takes the same fraction from every group: cost normalisation would silently do nothing
+    with pytest.raises(SingeError, match="normalize_by_cost needs allocation=global: 'uniform'"):
+        Policy(normalize_by_cost=True)
     model = build_model("digits_resnet", 10).eval()
     with pytest.raises(SingeError, match="policy counts params but the budget counts macs"):
         prune_one_shot(model, "digits_resnet", 10, INPUT, None, CriterionConfig(name="magnitude"), Budget("macs", 0.3),
                        Policy(metric="params"))
+
+
+def test_the_api_and_the_job_share_one_default_allocation() -> None:
+    """The evidence-chosen default (uniform) holds for `prune_one_shot` users as for jobs: one constant."""
+    import dataclasses
+
+    from singe_dist.config import PruneConfig, load_config
+
+    assert Policy().allocation == PruneConfig().allocation == load_config(None, []).prune.allocation == "uniform"
+    assert {f.name: f.default for f in dataclasses.fields(Policy)}["allocation"] == "uniform"
+    with pytest.raises(SingeError, match="config prune.normalize_by_cost needs config prune.allocation=global"):
+        load_config(None, ["prune.normalize_by_cost=true"])
+    assert load_config(None, ["prune.normalize_by_cost=true", "prune.allocation=global"]).prune.normalize_by_cost

@@ -14,6 +14,9 @@ from singe_dist.errors import SingeError
 
 METRICS = ("macs", "params")
 ALLOCATIONS = ("global", "uniform")
+# the job's and the Python API's default: chosen on the development split of the quality benchmark
+# (uniform beat global for every criterion but Taylor once fine-tuned; docs/BENCHMARKS.md, Fashion-MNIST)
+DEFAULT_ALLOCATION = "uniform"
 
 # key -> (holds, the rule in words)
 LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -35,3 +38,13 @@ def check_limit(key: str, value: float, name: str | None = None) -> None:
 def check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise SingeError(f"budget metric must be 'macs' or 'params', got {metric!r}")
+
+
+def check_allocation(allocation: str, normalize_by_cost: bool, prefix: str = "") -> None:
+    """One line when the allocation is unknown, or when cost normalisation, which ranks the groups against
+    each other, is asked of ``uniform``, which takes the same fraction from every group (it would do nothing)."""
+    if allocation not in ALLOCATIONS:
+        raise SingeError(f"{prefix}allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if normalize_by_cost and allocation != "global":
+        raise SingeError(f"{prefix}normalize_by_cost needs {prefix}allocation=global: {allocation!r} takes the same "
+                         "fraction from every group, so there is no ranking across groups to normalise")

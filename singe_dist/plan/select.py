@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from singe_dist.errors import SingeError
-from singe_dist.plan.limits import ALLOCATIONS, check_limit, check_metric
+from singe_dist.plan.limits import DEFAULT_ALLOCATION, check_allocation, check_limit, check_metric
 from singe_dist.plan.cost import CostModel
 
 
@@ -60,14 +60,13 @@ class Policy:
 
     metric: str = "macs"
     constraints: Constraints = Constraints()
-    allocation: str = "global"
+    allocation: str = DEFAULT_ALLOCATION
     normalize_by_cost: bool = False
     original_sizes: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
-        if self.allocation not in ALLOCATIONS:
-            raise SingeError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        check_allocation(self.allocation, self.normalize_by_cost)
 
 
 @dataclass
