@@ -327,10 +327,15 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
     - *joint removal*: at ``fraction`` of the MACs (global allocation), the loss increase the removed
       set would cause if single-channel effects added up (the sum of their leave-one-out increases)
       against the increase measured when they all go at once (BN re-estimated, as in part (i));
-    - *which layers*: the share of each stage's channels the criterion removes.
+    - *which layers*: the share of each stage's channels the criterion removes;
+    - *held out*: leave-one-out measured again on ``--heldout`` images of the development split, which
+      no criterion saw. How well the calibration images' own leave-one-out predicts it bounds what any
+      criterion computed from them can do; the within-group rank correlation is what ``uniform``
+      allocation uses (it ranks channels only inside each group).
     """
     import copy
 
+    import numpy as np
     from scipy.stats import pearsonr, spearmanr
 
     from singe_dist.checkpoint import load_model
@@ -352,23 +357,46 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
     groups = find_groups(model, example_input(model, size))
     gates = Gates(groups)
 
-    def calibration_loss(m: torch.nn.Module, gate: dict | None = None) -> float:
+    dev_data = job_config(args, data, seed, args.work / "unused", [], val="dev").data
+    heldout, seen = [], 0
+    for x, y in DataStreams(dev_data, 10, seed=seed, training=False).val():
+        heldout.append((x[: args.heldout - seen], y[: args.heldout - seen]))
+        seen += len(heldout[-1][0])
+        if seen >= args.heldout:
+            break
+
+    def calibration_loss(m: torch.nn.Module, gate: dict | None = None, batches: list | None = None) -> float:
+        batches = calibration if batches is None else batches
         with torch.no_grad():
             if gate is None:
-                return evaluate(m, calibration).loss
-            with gates.active({gid: g.expand(len(calibration[0][0]), -1) for gid, g in gate.items()}):
-                return evaluate(m, calibration).loss
+                return evaluate(m, batches).loss
+            with gates.active({gid: g.expand(len(batches[0][0]), -1) for gid, g in gate.items()}):
+                return evaluate(m, batches).loss
+
+    def leave_one_out(batches: list) -> dict[str, torch.Tensor]:
+        """Measured loss increase of removing each channel alone (gate at 0 = removal; tested)."""
+        base = calibration_loss(model, batches=batches)
+        out = {}
+        for g in groups:
+            row = torch.zeros(g.size, dtype=torch.float64)
+            for k in range(g.size):
+                gate = torch.ones(1, g.size)
+                gate[0, k] = 0.0
+                row[k] = calibration_loss(model, {g.id: gate}, batches) - base
+            out[g.id] = row
+        return out
 
     base_loss = calibration_loss(model)
-    loo = {}
-    for g in groups:
-        row = torch.zeros(g.size, dtype=torch.float64)
-        for k in range(g.size):
-            gate = torch.ones(1, g.size)
-            gate[0, k] = 0.0
-            row[k] = calibration_loss(model, {g.id: gate}) - base_loss
-        loo[g.id] = row
+    loo, held = leave_one_out(calibration), leave_one_out(heldout)
     flat_loo = torch.cat([loo[g.id] for g in groups]).numpy()
+    flat_held = torch.cat([held[g.id] for g in groups]).numpy()
+
+    def within_groups(scores: dict[str, torch.Tensor]) -> float:
+        """Mean over groups of the Spearman correlation of ``scores`` with held-out leave-one-out."""
+        return float(np.mean([spearmanr(scores[g.id].numpy(), held[g.id].numpy())[0] for g in groups if g.size > 2]))
+
+    held_rows = [["leave-one-out on the calibration images", f"{pearsonr(flat_loo, flat_held)[0]:.3f}",
+                  f"{spearmanr(flat_loo, flat_held)[0]:.3f}", f"{within_groups(loo):.3f}"]]
     rows, strips = [], []
     stages = {"stem + stage 1": ("conv1", "layer1"), "stage 2": ("layer2",), "stage 3": ("layer3",)}
     for label in args.criteria:
@@ -388,6 +416,8 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
         measured = calibration_loss(pruned) - base_loss
         rows.append([label, f"{pearsonr(flat, flat_loo)[0]:.3f}", f"{spearmanr(flat, flat_loo)[0]:.3f}",
                      f"{predicted:.3f}", f"{measured:.3f}"])
+        held_rows.append([label, f"{pearsonr(flat, flat_held)[0]:.3f}", f"{spearmanr(flat, flat_held)[0]:.3f}",
+                          f"{within_groups(scores):.3f}"])
         share = []
         for name, prefixes in stages.items():
             members = [g for g in groups if g.id.startswith(prefixes)]
@@ -402,7 +432,11 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
         format_table(["criterion", "Pearson vs leave-one-out", "Spearman vs leave-one-out",
                       "sum of leave-one-out increases of the removed set", "measured joint increase (BN re-estimated)"],
                      rows),
-        format_table(["criterion", *[f"{name}: channels removed" for name in stages]], strips)])
+        format_table(["criterion", *[f"{name}: channels removed" for name in stages]], strips),
+        f"Against leave-one-out measured on {seen} held-out images of the development split (calibration loss "
+        f"{calibration_loss(model, batches=heldout):.4f} there):",
+        format_table(["scores", "Pearson vs held-out leave-one-out", "Spearman vs held-out leave-one-out",
+                      "within-group Spearman (mean over groups)"], held_rows)])
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -588,6 +622,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+", help="only tabulate/plot the cells stored in these JSON files")
     parser.add_argument("--diagnose", type=float, metavar="FRACTION",
                         help="leave-one-out and joint-removal diagnosis on the first seed's baseline at FRACTION")
+    parser.add_argument("--heldout", type=int, default=1000,
+                        help="--diagnose: development-split images on which leave-one-out is measured again")
     parser.add_argument("--smoke", action="store_true", help="tiny settings on the bundled digits, for the test suite")
     args = parser.parse_args()
     if args.smoke:
@@ -595,7 +631,7 @@ def main() -> None:
         args.decide_fractions = [0.5]
         args.criteria = args.entwined_criteria = ["singe group signed", "taylor", "magnitude L2"]
         args.train_iters, args.steps, args.iters, args.final_iters = 20, 2, 2, 2
-        args.path_points, args.calibration_batches, args.batch_size = 2, 1, 32
+        args.path_points, args.calibration_batches, args.batch_size, args.heldout = 2, 1, 32, 64
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

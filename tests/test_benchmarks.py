@@ -127,6 +127,24 @@ def test_quality_smoke(tmp_path: Path) -> None:
     assert _tables(again.stdout) == _tables(proc.stdout)
 
 
+def test_quality_diagnosis_smoke(tmp_path: Path) -> None:
+    """--diagnose: each criterion against leave-one-out on the calibration images and on held-out ones."""
+    out = tmp_path / "diagnosis"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work",
+                           str(tmp_path / "work"), "--diagnose", "0.5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    (head, _, *rows), (_strip_head, _, *strips), (held_head, _, *held) = _tables(proc.stdout)
+    criteria = ["singe group signed", "taylor", "magnitude L2"]
+    assert [r[0] for r in rows] == [r[0] for r in strips] == criteria
+    assert [r[0] for r in held] == ["leave-one-out on the calibration images", *criteria]
+    assert held_head[-1] == "within-group Spearman (mean over groups)"
+    assert "on 64 held-out images of the development split" in proc.stdout
+    for row in [*rows, *held]:
+        assert all(-1.0 <= float(v) <= 1.0 for v in row[1:3])
+    assert _tables(out.with_suffix(".md").read_text()) == _tables(proc.stdout)
+
+
 @pytest.mark.timeout(900)  # Ray start-up and two worker groups: minutes when the CPUs are busy
 def test_scaling_smoke(tmp_path: Path) -> None:
     """benchmarks/scaling.py: relevance on 1 and 2 Ray Train workers of a local runtime of its own (127.0.0.1)."""
