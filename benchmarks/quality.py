@@ -373,11 +373,15 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
             with gates.active({gid: g.expand(len(batches[0][0]), -1) for gid, g in gate.items()}):
                 return evaluate(m, batches).loss
 
-    def leave_one_out(batches: list) -> dict[str, torch.Tensor]:
+    def leave_one_out(batches: list, name: str) -> dict[str, torch.Tensor]:
         """Measured loss increase of removing each channel alone (gate at 0 = removal; tested)."""
         base = calibration_loss(model, batches=batches)
-        out = {}
-        for g in groups:
+        out, t0, channels = {}, time.perf_counter(), sum(g.size for g in groups)
+        for i, g in enumerate(groups):
+            if i % 5 == 0:
+                done = sum(h.size for h in groups[:i])
+                print(f"leave-one-out on the {name}: {done}/{channels} channels, {time.perf_counter() - t0:.0f}s",
+                      flush=True)
             row = torch.zeros(g.size, dtype=torch.float64)
             for k in range(g.size):
                 gate = torch.ones(1, g.size)
@@ -387,7 +391,7 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
         return out
 
     base_loss = calibration_loss(model)
-    loo, held = leave_one_out(calibration), leave_one_out(heldout)
+    loo, held = leave_one_out(calibration, "calibration images"), leave_one_out(heldout, "held-out images")
     flat_loo = torch.cat([loo[g.id] for g in groups]).numpy()
     flat_held = torch.cat([held[g.id] for g in groups]).numpy()
 
