@@ -365,17 +365,16 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
         if seen >= args.heldout:
             break
 
-    def calibration_loss(m: torch.nn.Module, gate: dict | None = None, batches: list | None = None) -> float:
-        batches = calibration if batches is None else batches
+    def loss_on(batches: list, m: torch.nn.Module, gate: dict | None = None) -> float:
         with torch.no_grad():
             if gate is None:
                 return evaluate(m, batches).loss
             with gates.active({gid: g.expand(len(batches[0][0]), -1) for gid, g in gate.items()}):
                 return evaluate(m, batches).loss
 
-    def leave_one_out(batches: list, name: str) -> dict[str, torch.Tensor]:
-        """Measured loss increase of removing each channel alone (gate at 0 = removal; tested)."""
-        base = calibration_loss(model, batches=batches)
+    def leave_one_out(batches: list, name: str) -> tuple[float, dict[str, torch.Tensor]]:
+        """The loss on ``batches`` and the measured increase of removing each channel alone (gate at 0 = removal)."""
+        base = loss_on(batches, model)
         out, t0, channels = {}, time.perf_counter(), sum(g.size for g in groups)
         for i, g in enumerate(groups):
             if i % 5 == 0:
@@ -386,12 +385,12 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
             for k in range(g.size):
                 gate = torch.ones(1, g.size)
                 gate[0, k] = 0.0
-                row[k] = calibration_loss(model, {g.id: gate}, batches) - base
+                row[k] = loss_on(batches, model, {g.id: gate}) - base
             out[g.id] = row
-        return out
+        return base, out
 
-    base_loss = calibration_loss(model)
-    loo, held = leave_one_out(calibration, "calibration images"), leave_one_out(heldout, "held-out images")
+    base_loss, loo = leave_one_out(calibration, "calibration images")
+    held_loss, held = leave_one_out(heldout, "held-out images")
     flat_loo = torch.cat([loo[g.id] for g in groups]).numpy()
     flat_held = torch.cat([held[g.id] for g in groups]).numpy()
 
@@ -417,7 +416,7 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
         predicted = sum(float(loo[gid][idx].sum()) for gid, idx in chosen.items())
         apply_step(pruned, chosen, size)
         recalibrate_batchnorm(pruned, calibration)
-        measured = calibration_loss(pruned) - base_loss
+        measured = loss_on(calibration, pruned) - base_loss
         rows.append([label, f"{pearsonr(flat, flat_loo)[0]:.3f}", f"{spearmanr(flat, flat_loo)[0]:.3f}",
                      f"{predicted:.3f}", f"{measured:.3f}"])
         held_rows.append([label, f"{pearsonr(flat, flat_held)[0]:.3f}", f"{spearmanr(flat, flat_held)[0]:.3f}",
@@ -438,7 +437,7 @@ def diagnose(args: argparse.Namespace, data: dict[str, str], seed: int, fraction
                      rows),
         format_table(["criterion", *[f"{name}: channels removed" for name in stages]], strips),
         f"Against leave-one-out measured on {seen} held-out images of the development split (calibration loss "
-        f"{calibration_loss(model, batches=heldout):.4f} there):",
+        f"{held_loss:.4f} there):",
         format_table(["scores", "Pearson vs held-out leave-one-out", "Spearman vs held-out leave-one-out",
                       "within-group Spearman (mean over groups)"], held_rows)])
 

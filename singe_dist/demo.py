@@ -55,8 +55,9 @@ def run_demo(overrides: list[str] | None = None, log: Callable[[str], None] = pr
         if not baseline.is_file():
             log(f"[2/3] training the baseline {config.model.arch} ({config.train.iters} iterations)")
             t0 = time.perf_counter()
-            base_config = load_config(DEMO_CONFIG, [*(overrides or []), "model.checkpoint=null"])
-            train_baseline(base_config, baseline, log)
+            # a config of its own (the launcher rewrites this one's paths meanwhile); model.checkpoint names
+            # the file being written, so training starts from fresh weights (train_baseline)
+            train_baseline(demo_config(overrides), baseline, log)
             log(f"      {time.perf_counter() - t0:.0f}s")
         else:
             log(f"[2/3] baseline found: {baseline}")
