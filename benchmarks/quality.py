@@ -669,8 +669,10 @@ def main() -> None:
     header = (f"{args.dataset} cifar_resnet20, seeds {sorted(int(s) for s in bases)}, unpruned top-1 (test) "
               f"{test_m:.4f} ± {test_s:.4f}; calibration {args.calibration_batches}x{args.batch_size} images, "
               f"S={args.path_points}; entwined: {args.steps} steps x {args.iters} iters (short) + {args.final_iters} "
-              f"final (long); threads={args.threads} device={'+'.join(sorted(devices))} cpu={platform.machine()} "
-              f"torch={torch.__version__} date={datetime.date.today()} ({time.perf_counter() - start:.0f}s)")
+              f"final (long); threads={args.threads} device={'+'.join(sorted(devices))} "
+              + (f"merged from {len(args.merge)} stores (each store's machine and torch: docs/BENCHMARKS.md)"
+                 if args.merge else f"cpu={platform.machine()} torch={torch.__version__} date={datetime.date.today()} "
+                 f"({time.perf_counter() - start:.0f}s)"))
     shown = list(CRITERIA)  # every setting with stored cells gets its row (the table skips the others)
     text = header + "\n\n" + table(store.data, shown, args.allocations, args.fractions)
     if store.data["entwined"]:

@@ -125,6 +125,13 @@ def test_quality_smoke(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "[1/" not in again.stdout and "one-shot seed" not in again.stdout
     assert _tables(again.stdout) == _tables(proc.stdout)
+    # --merge tabulates stored cells without computing; its header names no machine of its own (the cells' are
+    # in their stores)
+    merged = subprocess.run([*cmd[:2], "--smoke", "--merge", str(out.with_suffix(".json"))], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert merged.returncode == 0, merged.stderr
+    assert _tables(merged.stdout) == _tables(proc.stdout)
+    assert "merged from 1 stores" in merged.stdout and "torch=" not in merged.stdout and "torch=" in proc.stdout
 
 
 def test_quality_diagnosis_smoke(tmp_path: Path) -> None:
