@@ -89,6 +89,14 @@ CRITERIA = {
         Criterion("random distill", ("criterion.name=random", *DISTILL)),
         Criterion("singe channel signed distill", ("criterion.name=singe", "criterion.path=channel",
                                                    "criterion.reduce=signed", *DISTILL)),
+        # label-free SInGE: the path integral of the KL divergence to the model before the step, which
+        # is its function change (completeness: R_k = KL(k removed)); Taylor has nothing to offer here
+        # (the KL's gradient is zero at mu = 1). Registered before any result, with its distilled twin,
+        # as distillation fine-tunes towards the same kind of target.
+        Criterion("singe group signed kl", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=signed",
+                                            "criterion.loss=kl")),
+        Criterion("singe group signed kl distill", ("criterion.name=singe", "criterion.path=group",
+                                                    "criterion.reduce=signed", "criterion.loss=kl", *DISTILL)),
     )
 }
 ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]
