@@ -19,7 +19,7 @@ from singe_dist.errors import SingeError
 # flag -> (CriterionConfig field, what it sets); a flag left out takes the config's criterion section
 # (--config/--set), else the CriterionConfig default. Choices and defaults come from relevance/config.py.
 _CRITERION_FLAGS = {
-    "criterion": ("name", "with --config/--set: the config's criterion.name (a job's default, magnitude, if it "
+    "criterion": ("name", "with --config/--set: the config's criterion.name (a job's default, {job}, if it "
                   "names none); else"),
     "path": ("path", "SInGE removal path"),
     "steps": ("steps", "SInGE quadrature points S"),
@@ -37,11 +37,19 @@ def _add_criterion_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("criterion (default: the config's criterion section, else the values shown)")
     for flag, (name, what) in _CRITERION_FLAGS.items():
+        what = what.format(job=_job_default_criterion())
         default = DEFAULTS[name]
         choices = list(CHOICES[name]) if name in CHOICES else None
         kind = type(default) if isinstance(default, int) else None
         g.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, choices=choices, type=kind,
                        help=f"{what} ({default})".lstrip())
+
+
+def _job_default_criterion() -> str:
+    """A job's default criterion, read from the config's dataclass so help text cannot drift from it."""
+    from singe_dist.config import CriterionSection
+
+    return CriterionSection.name
 
 
 def _criterion(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN202
@@ -240,8 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_criterion_args(p)
     p.set_defaults(func=cmd_relevance)
 
-    p = sub.add_parser("prune", help="the main job: entwined pruning and fine-tuning (criterion.name: magnitude by "
-                       "default, singe, taylor or random)")
+    from singe_dist.relevance.config import CRITERIA
+
+    job_default = _job_default_criterion()
+    *others, last = [c for c in CRITERIA if c != job_default]
+    p = sub.add_parser("prune", help=f"the main job: entwined pruning and fine-tuning (criterion.name: {job_default} "
+                       f"by default, {', '.join(others)} or {last})")
     job_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
     p.set_defaults(func=cmd_prune)

@@ -87,3 +87,12 @@ def test_the_relevance_flags_take_the_criterions_own_choices_and_defaults() -> N
         assert flags[dest].default is None and f"({DEFAULTS[field]})" in flags[dest].help
     args = build_parser().parse_args(["relevance", "--criterion", "taylor", "--steps", "3", "--norm", "1"])
     assert (args.criterion, args.steps, args.norm) == ("taylor", 3, 1)
+    # a job's default criterion, as the help of `relevance --criterion` and of `prune` name it, is the config's
+    from singe_dist.config import CriterionSection
+
+    job_default = CriterionSection.name
+    assert f"a job's default, {job_default}, if it names none" in flags["criterion"].help
+    prune_help = [a.help for a in build_parser()._subparsers._group_actions[0]._choices_actions  # noqa: SLF001
+                  if a.dest == "prune"][0]
+    assert f"criterion.name: {job_default} by default" in prune_help
+    assert all(name in prune_help for name in CHOICES["name"])
