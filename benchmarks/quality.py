@@ -102,7 +102,17 @@ CRITERIA = {
 ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]
 ENTWINED_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].channel_path and not CRITERIA[c].fine_tune_lever]
 GREEDY_EVERY = 0.1
-ALLOCATIONS = ("global", "uniform")
+# allocation (how many channels each group loses) -> its config overrides. The sweep's default is the first
+# two; the others are global allocation with one limit each, fixed before they were measured: no group
+# loses more than 3/4 of its original width (feasible at every budget: uniform removal takes 61% of each
+# group at 85% of MACs), or units ranked by relevance per MAC they save.
+ALLOCATIONS = {
+    "global": ("prune.allocation=global",),
+    "uniform": ("prune.allocation=uniform",),
+    "global-cap75": ("prune.allocation=global", "prune.max_remove_fraction=0.75"),
+    "global-per-mac": ("prune.allocation=global", "prune.normalize_by_cost=true"),
+}
+DEFAULT_ALLOCATIONS = ("global", "uniform")
 
 
 def prepare_data(args: argparse.Namespace) -> dict[str, str]:
@@ -211,7 +221,6 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
     from singe_dist.data.streams import DataStreams
     from singe_dist.engine.train import evaluate, recalibrate_batchnorm
     from singe_dist.plan.decide import Budget, prune_one_shot
-    from singe_dist.plan.select import Policy
     from singe_dist.relevance.criteria import accumulate, compute_relevance
     from singe_dist.relevance.groups import example_input, find_groups
 
@@ -253,13 +262,19 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
                 pruned, _, _, _ = load_model(path)
                 pruned = pruned.to(_device(args))
                 prune_one_shot(pruned, config.model.arch, 10, size, calibration, config.criterion,
-                               Budget("macs", fraction), Policy(allocation=allocation), scores=scores)
+                               Budget("macs", fraction), _policy(args, data, seed, allocation), scores=scores)
                 recalibrate_batchnorm(pruned, calibration)
                 row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
                        "top1": evaluate(pruned, test_batches).top1, "dev_top1": evaluate(pruned, dev_batches).top1, "relevance_s": seconds}
                 store.add("oneshot", row)
                 print(f"one-shot seed {seed} {label} {allocation} {fraction:.0%}: top-1 {row['top1']:.4f} "
                       f"(dev {row['dev_top1']:.4f}, relevance {seconds:.0f}s)", flush=True)
+
+
+def _policy(args: argparse.Namespace, data: dict[str, str], seed: int, allocation: str,
+            original_sizes: dict[str, int] | None = None):  # noqa: ANN202
+    """The planner's policy for ``allocation``, read from the job config as the entwined job reads it."""
+    return job_config(args, data, seed, args.work / "unused", list(ALLOCATIONS[allocation])).prune.policy(original_sizes)
 
 
 def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_batches, dev_batches, store) -> None:  # noqa: ANN001
@@ -272,7 +287,6 @@ def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_ba
     from singe_dist.engine.train import evaluate, recalibrate_batchnorm
     from singe_dist.plan.cost import measure
     from singe_dist.plan.decide import decide_and_remove
-    from singe_dist.plan.select import Policy
     from singe_dist.relevance.criteria import compute_relevance
     from singe_dist.relevance.groups import example_input, find_groups
 
@@ -289,7 +303,7 @@ def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_ba
             groups = find_groups(model, example_input(model, size))
             scores = compute_relevance(model, groups, calibration, config.criterion)
             decide_and_remove(model, groups, scores, size, original * (1 - fraction),
-                              Policy(allocation=allocation, original_sizes=original_sizes))
+                              _policy(args, data, seed, allocation, original_sizes))
             recalibrate_batchnorm(model, calibration)
             if fraction in wanted:
                 row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
@@ -313,7 +327,7 @@ def entwined(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
         store.data["baselines"][str(seed)] = base
         out = Path(tempfile.mkdtemp(dir=args.work, prefix=f"s{seed}-{label.replace(' ', '_')}-{allocation}-{fraction}-"))
         extra = [*CRITERIA[label].overrides, f"model.checkpoint={path}", f"prune.remove_fraction={fraction}",
-                 f"prune.allocation={allocation}", f"prune.steps={args.steps}", f"finetune.iters_per_step={args.iters}",
+                 *ALLOCATIONS[allocation], f"prune.steps={args.steps}", f"finetune.iters_per_step={args.iters}",
                  f"finetune.final_iters={args.final_iters}", f"finetune.lr={args.lr}", "run.eval_after_prune=false",
                  *args.set]
         report = PruneJob(job_config(args, data, seed, out, extra), log=lambda _m: None).run()
@@ -607,7 +621,7 @@ def main() -> None:
     parser.add_argument("--criteria", nargs="+", default=ONE_SHOT_DEFAULT, choices=list(CRITERIA), metavar="CRITERION")
     parser.add_argument("--entwined-criteria", nargs="*", default=ENTWINED_DEFAULT, choices=list(CRITERIA),
                         metavar="CRITERION", help="criteria of part (ii) (default: all but the channel path)")
-    parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
+    parser.add_argument("--allocations", nargs="+", default=list(DEFAULT_ALLOCATIONS), choices=list(ALLOCATIONS))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.7, 0.85])
     parser.add_argument("--decide-fractions", type=float, nargs="+", default=[0.7, 0.85],
                         help="budgets on which the default setting is chosen (development split)")
@@ -682,7 +696,10 @@ def main() -> None:
                  if args.merge else f"cpu={platform.machine()} torch={torch.__version__} date={datetime.date.today()} "
                  f"({time.perf_counter() - start:.0f}s)"))
     shown = list(CRITERIA)  # every setting with stored cells gets its row (the table skips the others)
-    text = header + "\n\n" + table(store.data, shown, args.allocations, args.fractions)
+    # every allocation with stored cells gets its rows and its plot panels (a merge may hold more than asked for)
+    stored = {r["allocation"] for part in ("oneshot", "entwined") for r in store.data[part].values()}
+    allocations = [a for a in ALLOCATIONS if a in stored or a in args.allocations]
+    text = header + "\n\n" + table(store.data, shown, allocations, args.fractions)
     if store.data["entwined"]:
         ranked, choice_text = dev_choice(store.data, args.decide_fractions)
         text += "\n\n" + choice_text
@@ -695,7 +712,7 @@ def main() -> None:
 
         atomic_write_text(args.out.with_suffix(".md"), text + "\n")
     if args.plot:
-        plot(store.data, shown, args.allocations, args.fractions, test_m, args.plot)
+        plot(store.data, shown, [a for a in allocations if a in stored], args.fractions, test_m, args.plot)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,15 @@ class PruneConfig:
     substeps: int = 1  # greedy: split each step's removal in this many, relevance re-estimated in between
     bn_batches: int = 4  # calibration batches that re-estimate BatchNorm statistics after each removal (0: off)
 
+    def policy(self, original_sizes: dict[str, int] | None = None):  # noqa: ANN201 (plan.select.Policy)
+        """How this section chooses channels, as the planner's :class:`Policy` (the one place a config
+        becomes one; imported here lazily, as configs load without torch)."""
+        from singe_dist.plan.select import Constraints, Policy
+
+        return Policy(self.metric, Constraints(self.min_keep_fraction, self.min_keep, self.round_to,
+                                               self.max_remove_fraction),
+                      self.allocation, self.normalize_by_cost, original_sizes)
+
 
 DISTILL_WEIGHT = 0.5  # finetune.distill_weight by default when model.checkpoint is set (temperature 4)
 

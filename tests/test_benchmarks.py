@@ -66,7 +66,7 @@ def test_quality_gpu_runner_runs_jobs_side_by_side_and_resumes(tmp_path: Path) -
     """benchmarks/quality_gpu.sh (here with DEVICE=cpu): one store per job line, run side by side; a rerun resumes."""
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("# seed|allocation|criterion[|fractions]\n0|uniform|magnitude L2\n\n0|global|random\n"
-                    "0|uniform|random|0.7\n")  # a line's own fractions replace the shared --fractions
+                    "0|global-cap75|random|0.7\n")  # a line's own fractions replace the shared --fractions
     tiny = ["--dataset", "digits", "--train-iters", "10", "--steps", "1", "--iters", "1", "--final-iters", "1",
             "--batch-size", "32", "--calibration-batches", "1", "--fractions", "0.5"]
     cmd = ["bash", str(ROOT / "benchmarks" / "quality_gpu.sh"), str(tmp_path / "work"), str(tmp_path / "stores"),
@@ -76,11 +76,15 @@ def test_quality_gpu_runner_runs_jobs_side_by_side_and_resumes(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     assert sorted(line.split(" ", 1)[0] for line in proc.stdout.splitlines()) == ["done"] * 3 + ["start"] * 3
     stores = sorted((tmp_path / "stores").glob("*.json"))
-    assert [p.name for p in stores] == ["s0-global-random.json", "s0-uniform-magnitude_L2.json",
-                                        "s0-uniform-random-0p7.json"]
+    assert [p.name for p in stores] == ["s0-global-cap75-random-0p7.json", "s0-global-random.json",
+                                        "s0-uniform-magnitude_L2.json"]
     rows = [r for p in stores for r in json.loads(p.read_text())["entwined"]]
     assert {(r["criterion"], r["allocation"], r["target"]) for r in rows} == {
-        ("magnitude L2", "uniform", 0.5), ("random", "global", 0.5), ("random", "uniform", 0.7)}
+        ("magnitude L2", "uniform", 0.5), ("random", "global", 0.5), ("random", "global-cap75", 0.7)}
+    # the capped allocation reached the job: no group lost more than 3/4 of its width
+    (capped,) = (tmp_path / "work").glob("s0-random-global-cap75-0.7-*/report.json")
+    widths = json.loads(capped.read_text())["channels"].values()
+    assert all(w["after"] >= 0.25 * w["before"] for w in widths) and any(w["after"] < w["before"] for w in widths)
     assert all(r["set"] == ["finetune.amp=false", "criterion.max_rows=4096"] for r in rows)
     # a rerun finds every cell stored and computes nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)

@@ -158,6 +158,16 @@ def test_the_api_and_the_job_share_one_default_allocation() -> None:
     assert load_config(None, ["prune.normalize_by_cost=true", "prune.allocation=global"]).prune.normalize_by_cost
 
 
+def test_a_configs_prune_section_becomes_the_policy_a_job_plans_with() -> None:
+    """`PruneConfig.policy`, the one place a config becomes a Policy (the job and the benchmark use it)."""
+    from singe_dist.config import load_config
+
+    keys = ["prune.allocation=global", "prune.max_remove_fraction=0.75", "prune.normalize_by_cost=true",
+            "prune.metric=params", "prune.min_keep_fraction=0.2", "prune.min_keep=3", "prune.round_to=4"]
+    policy = load_config(None, keys).prune.policy({"g": 16})
+    assert policy == Policy("params", Constraints(0.2, 3, 4, 0.75), "global", True, {"g": 16})
+
+
 def test_the_readme_python_api_example_runs(tmp_path, monkeypatch) -> None:
     """The README's "Python API" block, run as written but for a smaller model and input (ResNet-50 at
     224 px would take minutes here): the imports, the calls' signatures and the two-line load hold."""

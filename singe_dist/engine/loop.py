@@ -42,7 +42,6 @@ from singe_dist.models import build_model
 from singe_dist.plan.cost import Footprint, measure
 from singe_dist.plan.decide import Budget, decide_and_remove
 from singe_dist.plan.plan import Plan, apply_plan
-from singe_dist.plan.select import Constraints, Policy
 from singe_dist.relevance.groups import example_input, find_groups
 from singe_dist.report import (add_wall_time, baseline_entry, baseline_metrics, final_entry, finish_row, new_report,
                                step_metrics, step_row, summary_table)
@@ -80,8 +79,7 @@ class PruneJob:
         self.input_size = (3, config.data.image_size, config.data.image_size)
         p = config.prune
         self.budget = Budget(p.metric, p.remove_fraction)
-        self.policy = Policy(p.metric, Constraints(p.min_keep_fraction, p.min_keep, p.round_to, p.max_remove_fraction),
-                             p.allocation, p.normalize_by_cost)  # original widths added when the run starts
+        self.policy = p.policy()  # original widths added when the run starts
         self.fractions = cumulative_fractions(p.remove_fraction, p.steps, p.schedule)
         self.faults = injector_from_env(self.run_dir, self.col.rank, log)  # NO_FAULTS unless a test asks
         # set when the run starts (_start)
