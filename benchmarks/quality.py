@@ -256,7 +256,8 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
                 scores = compute_relevance(model, groups, calibration, crit)
                 seconds = time.perf_counter() - t0
             if CRITERIA[label].greedy:
-                greedy_one_shot(args, seed, label, path, config, cells, calibration, test_batches, dev_batches, store)
+                greedy_one_shot(args, data, seed, label, path, config, cells, calibration, test_batches, dev_batches,
+                                store)
                 continue
             for allocation, fraction in cells:
                 pruned, _, _, _ = load_model(path)
@@ -277,7 +278,8 @@ def _policy(args: argparse.Namespace, data: dict[str, str], seed: int, allocatio
     return job_config(args, data, seed, args.work / "unused", list(ALLOCATIONS[allocation])).prune.policy(original_sizes)
 
 
-def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_batches, dev_batches, store) -> None:  # noqa: ANN001
+def greedy_one_shot(args, data, seed, label, path, config, cells, calibration, test_batches, dev_batches,  # noqa: ANN001
+                    store) -> None:  # noqa: ANN001
     """One-shot removal in small greedy stages: every ``GREEDY_EVERY`` of the MACs, relevance is re-estimated
     on the network that is left (BatchNorm re-estimated first), then the next stage is removed.
 
@@ -298,12 +300,12 @@ def greedy_one_shot(args, seed, label, path, config, cells, calibration, test_ba
         model = model.to(_device(args))
         original = measure(model, size).macs
         original_sizes = {g.id: g.size for g in find_groups(model, example_input(model, size))}
+        policy = _policy(args, data, seed, allocation, original_sizes)
         t0 = time.perf_counter()
         for fraction in stops:
             groups = find_groups(model, example_input(model, size))
             scores = compute_relevance(model, groups, calibration, config.criterion)
-            decide_and_remove(model, groups, scores, size, original * (1 - fraction),
-                              _policy(args, data, seed, allocation, original_sizes))
+            decide_and_remove(model, groups, scores, size, original * (1 - fraction), policy)
             recalibrate_batchnorm(model, calibration)
             if fraction in wanted:
                 row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,

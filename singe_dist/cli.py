@@ -36,8 +36,9 @@ def _add_criterion_args(p: argparse.ArgumentParser) -> None:
     from singe_dist.relevance.config import CHOICES, DEFAULTS
 
     g = p.add_argument_group("criterion (default: the config's criterion section, else the values shown)")
+    job_default = _job_default_criterion()
     for flag, (name, what) in _CRITERION_FLAGS.items():
-        what = what.format(job=_job_default_criterion())
+        what = what.format(job=job_default)
         default = DEFAULTS[name]
         choices = list(CHOICES[name]) if name in CHOICES else None
         kind = type(default) if isinstance(default, int) else None

@@ -141,6 +141,21 @@ def test_quality_smoke(tmp_path: Path) -> None:
     assert "merged from 1 stores" in merged.stdout and "torch=" not in merged.stdout and "torch=" in proc.stdout
 
 
+def test_quality_greedy_one_shot_stops_at_each_budget(tmp_path: Path) -> None:
+    """Part (i) of a greedy setting: relevance re-estimated every 10% of MACs, a cell stored at each budget, for
+    an allocation with a limit too (its policy read from the job config, as the entwined job reads it)."""
+    out = tmp_path / "greedy"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--dataset", "digits",
+                           "--train-iters", "10", "--batch-size", "32", "--calibration-batches", "1", "--seeds", "0",
+                           "--phase", "oneshot", "--criteria", "taylor greedy", "--fractions", "0.1", "0.2",
+                           "--allocations", "global-cap75", "--work", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())["oneshot"]
+    assert sorted((r["allocation"], r["target"], r["stages"]) for r in rows) == [("global-cap75", 0.1, 1),
+                                                                                 ("global-cap75", 0.2, 2)]
+
+
 def test_quality_diagnosis_smoke(tmp_path: Path) -> None:
     """--diagnose: each criterion against leave-one-out on the calibration images and on held-out ones."""
     out = tmp_path / "diagnosis"
