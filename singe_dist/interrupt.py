@@ -4,6 +4,12 @@ While :func:`interruptible` is active, SIGINT and SIGTERM raise :class:`Interrup
 ``KeyboardInterrupt``, so ``except Exception`` never swallows it) in the main thread. The job's own
 ``finally`` blocks and the launcher's clean-up (workers, the local Ray runtime) run; the CLI then
 prints :func:`resume_hint` and exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+
+Python raises a handler's exception in whatever Python code the main thread runs when the signal
+arrives. Inside a finalizer (a ``__del__``, a weakref callback, a generator closed by the garbage
+collector) it prints "Exception ignored" and carries on: the stop request would be lost and the job
+would run to its end. So the request is also remembered, and the job's long loops (a batch of
+fine-tuning, evaluation, relevance; the Ray driver's watch) call :func:`check`, which raises it again.
 """
 
 from __future__ import annotations
@@ -29,10 +35,25 @@ class Interrupted(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
 
+_requested: int | None = None  # the signal that asked this process to stop, while interruptible() is active
+
+
 def _raise(signum: int, _frame: object) -> None:
-    for s in SIGNALS:  # a second signal while cleaning up must not cut the clean-up short
-        signal.signal(s, signal.SIG_IGN)
+    global _requested
+    if _requested is not None:  # a second signal while cleaning up must not cut the clean-up short
+        return
+    _requested = signum
     raise Interrupted(signum)
+
+
+def check() -> None:
+    """Raise :class:`Interrupted` if a stop was requested: once per batch of the job's long loops.
+
+    The handler raised it already; work that still runs means a finalizer swallowed it. The loops
+    that call this are never part of a clean-up, so a stop that did propagate is not raised twice.
+    """
+    if _requested is not None and threading.current_thread() is threading.main_thread():
+        raise Interrupted(_requested)
 
 
 @contextmanager
@@ -45,11 +66,14 @@ def interruptible() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _requested
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    _requested = None
     reinstall()
     try:
         yield
     finally:
+        _requested = None
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 

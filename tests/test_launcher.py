@@ -148,10 +148,18 @@ def _reference_rank(rank: int, init_file: str, overrides: list[str]) -> None:
 
 
 def _signal(proc: subprocess.Popen, sig: int, timeout: float) -> tuple[str, float]:
-    """Send ``sig``, wait for the process to end; its stderr and how long it took to stop."""
+    """Send ``sig``, wait for the process to end; its stderr and how long it took to stop.
+
+    A process still running after ``timeout`` is killed, and the test fails with what it wrote to stderr.
+    """
     t0 = time.monotonic()
     proc.send_signal(sig)
-    _out, err = proc.communicate(timeout=timeout)
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        raise AssertionError(f"still running {timeout} s after {signal.Signals(sig).name}; its stderr:\n{err[-4000:]}")
     return err, time.monotonic() - t0
 
 def test_sigint_stops_a_ray_job_and_a_bootstrapped_uv_resume_ends_with_the_uninterrupted_plan(

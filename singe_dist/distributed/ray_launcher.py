@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from singe_dist import interrupt
 from singe_dist.config import JobConfig, config_from_dict, config_to_dict
 from singe_dist.data.shards import split_shard_list
 from singe_dist.engine.run_dir import CHECKPOINT_NAME, Position, prepare_run_dir
@@ -334,6 +335,7 @@ def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[
     started = False
     while thread.is_alive():
         thread.join(0.5)
+        interrupt.check()
         _relay(token, log)
         if not started:
             checked_in = _kv_keys(f"{token}/started/")
@@ -378,6 +380,7 @@ class _Background:
     def wait(self) -> float:
         while self.thread.is_alive():
             self.thread.join(0.5)
+            interrupt.check()
         if self.error is not None:
             raise self.error
         return self.seconds

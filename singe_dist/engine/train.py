@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from singe_dist import interrupt
 from singe_dist.errors import SingeError
 
 
@@ -36,6 +37,7 @@ def eval_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
     totals = torch.zeros(4, dtype=torch.float64)
     with torch.no_grad():
         for x, y in batches:
+            interrupt.check()
             x, y = x.to(device), y.to(device)
             logits = model(x)
             k = min(5, logits.shape[1])
@@ -101,6 +103,7 @@ def recalibrate_batchnorm(
     count = 0
     try:
         for x, _ in batches:
+            interrupt.check()
             model(x.to(device))
             count += 1
     finally:
@@ -185,6 +188,7 @@ def train_steps(
     model.train()
     running, seen = 0.0, 0
     for i in range(steps):
+        interrupt.check()
         try:
             x, y = next(batches)
         except StopIteration:

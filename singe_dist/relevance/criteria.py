@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from singe_dist import interrupt
 from singe_dist.errors import SingeError
 from singe_dist.relevance.config import CriterionConfig
 from singe_dist.relevance.groups import ChannelGroup, Gates
@@ -247,6 +248,7 @@ def accumulate(
     evaluator = _PathEvaluator(model, groups, config)
     with _frozen(model):
         for x, y in batches:
+            interrupt.check()
             x, y = x.to(evaluator.device, non_blocking=True), y.to(evaluator.device, non_blocking=True)
             teacher = None
             if config.loss == "kl":
@@ -366,6 +368,7 @@ def planned_path_sums(
     by_id = {g.id: g for g in groups}
     with _frozen(model):
         for x, y in batches:
+            interrupt.check()
             x, y = x.to(evaluator.device), y.to(evaluator.device)
             teacher = None
             if config.loss == "kl":
