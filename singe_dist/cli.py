@@ -309,19 +309,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        with interruptible():  # SIGINT and SIGTERM: the job's clean-up runs, then one line below
+    # SIGINT and SIGTERM: the job's clean-up runs, then one line below; while it is printed, a further
+    # signal is ignored (an Interrupted is being handled), not a traceback
+    with interruptible():
+        try:
             return int(args.func(args) or 0)
-    except SingeError as exc:
-        print(f"singe-dist {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else 2
-        name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
-        run_dir = getattr(args, "run_dir", None)
-        hint = f": {resume_hint(run_dir, _resume_command(argv))}" if run_dir else ""
-        print(f"singe-dist {args.command}: stopped by {name}{hint}", file=sys.stderr, flush=True)
-        return 128 + signum
+        except SingeError as exc:
+            print(f"singe-dist {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else 2
+            name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+            run_dir = getattr(args, "run_dir", None)
+            hint = f": {resume_hint(run_dir, _resume_command(argv))}" if run_dir else ""
+            print(f"singe-dist {args.command}: stopped by {name}{hint}", file=sys.stderr, flush=True)
+            return 128 + signum
 
 
 if __name__ == "__main__":

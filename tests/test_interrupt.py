@@ -8,9 +8,14 @@ loops (fine-tuning, evaluation, relevance) must stop at their next batch instead
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+
+import pytest
+
+from singe_dist.interrupt import Interrupted, check, interruptible
 
 from .ray_head import REPO_ROOT
 
@@ -19,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     import os, signal
     import torch
     from torch import nn
-    from singe_dist.engine.train import eval_sums, train_steps
+    from singe_dist.engine.train import eval_sums, recalibrate_batchnorm, train_steps
     from singe_dist.interrupt import Interrupted, interruptible
     from singe_dist.relevance.config import CriterionConfig
     from singe_dist.relevance.criteria import accumulate
@@ -47,6 +52,7 @@ SCRIPT = textwrap.dedent("""
     loops = {
         "finetune": lambda b: train_steps(model, torch.optim.SGD(model.parameters(), lr=0.01), b, 40, 0.01),
         "evaluate": lambda b: eval_sums(model, b),
+        "batchnorm": lambda b: recalibrate_batchnorm(model, b),
         "relevance": lambda b: accumulate(model, groups, b, CriterionConfig(steps=2)),
     }
     for name, loop in loops.items():
@@ -65,7 +71,60 @@ def test_a_stop_signal_swallowed_by_a_finalizer_stops_the_loop_at_its_next_batch
                           timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the scenario happened in each loop: the handler's exception was raised inside the finalizer and ignored
-    assert proc.stderr.count("Exception ignored") == 3, proc.stderr[-3000:]
-    assert proc.stderr.count("Interrupted: SIGTERM") == 3, proc.stderr[-3000:]
+    assert proc.stderr.count("Exception ignored") == 4, proc.stderr[-3000:]
+    assert proc.stderr.count("Interrupted: SIGTERM") == 4, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == [f"{loop}: stopped by SIGTERM after 2 batches"
-                                        for loop in ("finetune", "evaluate", "relevance")], proc.stdout
+                                        for loop in ("finetune", "evaluate", "batchnorm", "relevance")], proc.stdout
+
+
+class _SwallowsASignal:
+    """Receives ``signum`` in its finalizer, where Python ignores the exception the handler raises."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.signum)
+        for _ in range(1000):
+            pass
+
+
+def _swallow(signum: int, monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
+    ignored: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_value))
+    _SwallowsASignal(signum)
+    return ignored
+
+
+def test_a_swallowed_stop_survives_a_nested_interruptible_and_a_repeated_signal_raises_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with interruptible():  # the CLI's; the Ray launcher opens its own inside it
+        ignored = _swallow(signal.SIGTERM, monkeypatch)
+        assert [type(e) for e in ignored] == [Interrupted]  # the scenario happened
+        with interruptible():
+            with pytest.raises(Interrupted) as stopped:
+                check()
+            assert stopped.value.name == "SIGTERM"
+            with pytest.raises(Interrupted) as again:  # Ctrl-C after a swallowed SIGTERM is not ignored
+                signal.raise_signal(signal.SIGINT)
+                for _ in range(1000):
+                    pass
+            assert again.value.name == "SIGINT"
+    check()  # outside every interruptible(): no stop is pending any more
+
+
+def test_a_second_signal_during_the_clean_up_does_not_cut_it_short() -> None:
+    cleaned = []
+    with pytest.raises(Interrupted) as stopped:
+        with interruptible():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+            finally:
+                signal.raise_signal(signal.SIGINT)  # ignored: the SIGTERM's Interrupted is propagating
+                for _ in range(1000):
+                    pass
+                cleaned.append(True)
+    assert stopped.value.name == "SIGTERM" and cleaned == [True]

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from singe_dist import interrupt
 from singe_dist.config import DataConfig
 from singe_dist.data.shards import ShardLoader, SkipCounter, expand_shards, shard_loader
 from singe_dist.data.transforms import eval_transform, train_transform
@@ -98,7 +99,8 @@ class DataStreams:
         loader = self._loader("train", self._present_training_shards(), "train", self.config.batch_size,
                               self._train_tf, self.seed * 100_003 + step)
         it = iter(loader)
-        for _ in range(skip):
+        for _ in range(skip):  # a resume deep into a long phase reads many batches before its first step
+            interrupt.check()
             next(it)
         return it
 

@@ -248,7 +248,6 @@ def accumulate(
     evaluator = _PathEvaluator(model, groups, config)
     with _frozen(model):
         for x, y in batches:
-            interrupt.check()
             x, y = x.to(evaluator.device, non_blocking=True), y.to(evaluator.device, non_blocking=True)
             teacher = None
             if config.loss == "kl":
@@ -288,7 +287,9 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def _chunks(n_rows: int, max_rows: int) -> Iterable[torch.Tensor]:
+    """Row indices in passes of at most ``max_rows``; a stop request is honoured between passes."""
     for start in range(0, n_rows, max_rows):
+        interrupt.check()  # one calibration batch of the channel path is minutes of passes on a large model
         yield torch.arange(start, min(n_rows, start + max_rows))
 
 
@@ -368,7 +369,6 @@ def planned_path_sums(
     by_id = {g.id: g for g in groups}
     with _frozen(model):
         for x, y in batches:
-            interrupt.check()
             x, y = x.to(evaluator.device), y.to(evaluator.device)
             teacher = None
             if config.loss == "kl":
