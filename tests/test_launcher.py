@@ -97,6 +97,17 @@ def _descendants(root: int) -> dict[int, str]:
     return {pid: comm for pid, comm in found.items() if _alive(pid)}
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver that did not stop and everything it started (a local Ray runtime's raylet, GCS,
+    workers), so a failed test leaves nothing behind to load or confuse the tests after it."""
+    for pid in _descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def _wait_for(path: Path, pattern: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -150,14 +161,15 @@ def _reference_rank(rank: int, init_file: str, overrides: list[str]) -> None:
 def _signal(proc: subprocess.Popen, sig: int, timeout: float) -> tuple[str, float]:
     """Send ``sig``, wait for the process to end; its stderr and how long it took to stop.
 
-    A process still running after ``timeout`` is killed, and the test fails with what it wrote to stderr.
+    A process still running after ``timeout`` is killed with what it started, and the test fails with
+    what it wrote to stderr.
     """
     t0 = time.monotonic()
     proc.send_signal(sig)
     try:
         _out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill_tree(proc)
         _out, err = proc.communicate()
         raise AssertionError(f"still running {timeout} s after {signal.Signals(sig).name}; its stderr:\n{err[-4000:]}")
     return err, time.monotonic() - t0
@@ -191,7 +203,7 @@ def test_sigint_stops_a_ray_job_and_a_bootstrapped_uv_resume_ends_with_the_unint
             err, stopped_in = _signal(proc, signal.SIGINT, timeout=60)
         finally:
             if proc.poll() is None:
-                proc.kill()
+                _kill_tree(proc)
     output = log.read_text() + err
     assert proc.returncode == 130, output[-4000:]
     assert stopped_in < 15, stopped_in
@@ -245,7 +257,7 @@ def test_sigterm_stops_the_in_process_job_with_one_line_and_exit_143(digits_shar
             err, stopped_in = _signal(proc, signal.SIGTERM, timeout=30)
         finally:
             if proc.poll() is None:
-                proc.kill()
+                _kill_tree(proc)
     assert proc.returncode == 143, (log.read_text() + err)[-3000:]
     assert stopped_in < 10, stopped_in
     assert "Traceback" not in err
