@@ -97,6 +97,14 @@ CRITERIA = {
                                             "criterion.loss=kl")),
         Criterion("singe group signed kl distill", ("criterion.name=singe", "criterion.path=group",
                                                     "criterion.reduce=signed", "criterion.loss=kl", *DISTILL)),
+        # the sensitivity along the path: the per-sample gradient's RMS over the data at each point, integrated
+        # (reduce=norm), which between-sample cancellations cannot hide; its single point at mu = 1 is Taylor
+        # with reduce=norm (Fisher pruning), measured beside it so a gain is SInGE's path, not the norm.
+        # Registered before any result (docs/results/fashion-jobs-norm.txt), with its distilled twin.
+        Criterion("singe group norm", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm")),
+        Criterion("taylor norm", ("criterion.name=taylor", "criterion.reduce=norm")),
+        Criterion("singe group norm distill", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm",
+                                               *DISTILL)),
     )
 }
 ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]
@@ -247,10 +255,10 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
             groups = find_groups(model, example_input(model, size))
             t0 = time.perf_counter()
             if crit.name == "singe":  # signed and abs finalize the same sums: integrate each path once per seed
-                cached = sums_cache.get((seed, crit.path))
+                key = (seed, crit.path, crit.loss, crit.reduce == "norm")  # norm sums squares: its own sums
+                cached = sums_cache.get(key)
                 if cached is None:
-                    cached = sums_cache[(seed, crit.path)] = (accumulate(model, groups, calibration, crit),
-                                                              time.perf_counter() - t0)
+                    cached = sums_cache[key] = (accumulate(model, groups, calibration, crit), time.perf_counter() - t0)
                 scores, seconds = cached[0].finalize(crit.reduce), cached[1]
             else:
                 scores = compute_relevance(model, groups, calibration, crit)

@@ -18,6 +18,7 @@ from singe_dist.relevance.criteria import (
     compute_relevance,
     path_points,
 )
+from singe_dist.errors import SingeError
 from singe_dist.relevance.groups import Gates, example_input, find_groups
 
 from .support import DIGITS_SIZE
@@ -71,8 +72,9 @@ def test_completeness_tracks_measured_removal_and_error_shrinks_with_steps(train
         CriterionConfig(path="channel", steps=3, rule="trapezoid"),
         CriterionConfig(name="taylor"),
         CriterionConfig(path="group", steps=2, loss="kl"),
+        CriterionConfig(path="channel", steps=2, reduce="norm"),
     ],
-    ids=["singe-group", "singe-channel", "taylor", "singe-kl"],
+    ids=["singe-group", "singe-channel", "taylor", "singe-kl", "singe-channel-norm"],
 )
 def test_two_halves_accumulate_to_the_whole(trained_digits_model, digits_data, config: CriterionConfig) -> None:
     model = trained_digits_model
@@ -82,17 +84,18 @@ def test_two_halves_accumulate_to_the_whole(trained_digits_model, digits_data, c
     first = accumulate(model, groups, [(x[:17], y[:17])], config)
     second = accumulate(model, groups, [(x[17:], y[17:])], config)
     combined = first.merge(second)
-    for reduce in ("signed", "abs"):
+    for reduce in ("norm",) if config.reduce == "norm" else ("signed", "abs"):
         a, b = combined.finalize(reduce), whole.finalize(reduce)
         for gid in a:
             assert _rel_err(a[gid], b[gid]) < 1e-6, gid
     # the same through the flat vector an all-reduce moves
-    again = RelevanceSums.empty(groups, whole.points, whole.weights)
+    again = RelevanceSums.empty(groups, whole.points, whole.weights, squared=whole.squared)
     flat = accumulate(model, groups, [(x[:17], y[:17])], config).flatten() + accumulate(
         model, groups, [(x[17:], y[17:])], config).flatten()
     again.load_flat(flat)
-    for gid, score in again.finalize().items():
-        assert _rel_err(score, whole.finalize()[gid]) < 1e-6
+    reduce = config.score_reduce
+    for gid, score in again.finalize(reduce).items():
+        assert _rel_err(score, whole.finalize(reduce)[gid]) < 1e-6
 
 
 def test_channel_shares_complete_each_other(trained_digits_model, digits_data) -> None:
@@ -123,6 +126,39 @@ def test_taylor_is_the_singe_integrand_at_mu_one(trained_digits_model, digits_da
     for g in groups:
         assert _rel_err(taylor[g.id], integrand[g.id][-1].abs()) < 1e-6, g.id
         assert taylor[g.id].abs().sum() > 0
+
+
+def test_norm_integrates_the_per_sample_gradient_rms_computed_by_hand(trained_digits_model, digits_data) -> None:
+    """reduce=norm: sum_s w_s sqrt(mean_x (dl_x/dmu_k(mu_s))^2), here with one backward pass per sample and
+    point; Taylor with reduce=norm is its single point mu = 1. Sums of squares refuse the other reductions."""
+    model = trained_digits_model.eval()
+    x, y = digits_data["train"][0][:12], digits_data["train"][1][:12]
+    groups = _groups(model, {"layers.0.conv1"})
+    gid, size = groups[0].id, groups[0].size
+
+    def per_sample_grads(mu: float) -> torch.Tensor:  # (samples, K): d loss_x / d gate at gate = mu
+        rows = []
+        for i in range(len(x)):
+            gate = torch.full((1, size), mu, requires_grad=True)
+            with Gates(groups).active({gid: gate}):
+                loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+            rows.append(torch.autograd.grad(loss, gate)[0][0])
+        return torch.stack(rows).double()
+
+    points, weights = path_points(3, "midpoint")
+    by_hand = sum(float(w) * per_sample_grads(float(mu)).square().mean(0).sqrt() for mu, w in zip(points, weights))
+    sums = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3, reduce="norm", max_rows=7))
+    assert _rel_err(sums.finalize("norm")[gid], by_hand) < 1e-5
+    signed = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3)).finalize("signed")[gid]
+    assert (by_hand > signed.abs() * 1.5).any()  # the norm is not the signed mean: samples disagree
+    fisher = compute_relevance(model, groups, [(x, y)], CriterionConfig(name="taylor", reduce="norm"))[gid]
+    assert _rel_err(fisher, per_sample_grads(1.0).square().mean(0).sqrt()) < 1e-5
+    with pytest.raises(SingeError, match="reduce=signed"):
+        sums.finalize("signed")
+    with pytest.raises(SingeError, match="cannot merge"):
+        sums.merge(accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3)))
+    with pytest.raises(SingeError, match="replan .*reduce=norm"):
+        CriterionConfig(replan=1, reduce="norm")
 
 
 def test_singe_group_path_sum_is_complete(trained_digits_model, digits_data) -> None:

@@ -26,7 +26,10 @@ class CriterionConfig:
     path: Literal["group", "channel"] = "group"
     steps: int = 8
     rule: Literal["midpoint", "trapezoid"] = "midpoint"
-    reduce: Literal["signed", "abs"] = "signed"  # kept on evidence: docs/BENCHMARKS.md, criterion quality
+    # signed: -integral of E[dL/dmu] (the loss change, by completeness); abs: integral of |E[dL/dmu]|;
+    # norm: integral of the per-sample gradient's RMS over the data, sqrt(E[(dl/dmu)^2]): the sensitivity,
+    # which cancellations between samples do not hide. Signed kept on evidence: docs/BENCHMARKS.md
+    reduce: Literal["signed", "abs", "norm"] = "signed"
     loss: Literal["ce", "kl"] = "ce"
     norm: Literal[1, 2] = 2  # magnitude: L1 or L2 of the group's weights
     seed: int = 0  # random
@@ -42,6 +45,8 @@ class CriterionConfig:
             raise SingeError(f"criterion steps must be >= 1 (>= 2 for trapezoid), got {self.steps}")
         if self.replan < 0 or (self.replan and self.name != "singe"):
             raise SingeError(f"criterion replan must be >= 0 and needs name=singe, got {self.replan} with {self.name}")
+        if self.replan and self.reduce == "norm":
+            raise SingeError("criterion replan shares a joint loss change (signed); it cannot be used with reduce=norm")
         if self.max_rows < 1:
             raise SingeError(f"criterion max_rows must be >= 1, got {self.max_rows}")
 
@@ -51,8 +56,9 @@ class CriterionConfig:
 
     @property
     def score_reduce(self) -> str:
-        """How the path derivatives become scores: Taylor is |first-order term| whatever ``reduce`` says."""
-        return "abs" if self.name == "taylor" else self.reduce
+        """How the path derivatives become scores. Taylor is the |first-order term| unless ``reduce=norm``,
+        where it is the per-sample RMS at mu = 1 (the Fisher pruning criterion, SInGE norm's single point)."""
+        return "abs" if self.name == "taylor" and self.reduce != "norm" else self.reduce
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:

@@ -15,6 +15,12 @@ SInGE relevance of channel k (design notes, section 2)::
 so ``reduce="signed"`` is an estimate, in loss units, of the loss increase its removal causes
 (integrated-gradient completeness), comparable across layers. ``reduce="abs"`` averages
 ``|E_data[dL/dmu_k]|`` along the path. Taylor is ``|E_data[dL/dmu_k]|`` at the single point mu = 1.
+
+``reduce="norm"`` integrates the *sensitivity*, the per-sample gradient's norm over the data,
+``sqrt(E_data[(dl_x/dmu_k)^2])``: a channel whose removal helps some samples and hurts others has a
+signed mean near zero but a large norm. Its sums hold squares per sample (``RelevanceSums.squared``),
+which add across shares exactly like the plain sums; at the single point mu = 1 (Taylor with
+``reduce="norm"``) it ranks channels as the Fisher pruning criterion does (Theis et al. 2018).
 """
 
 from __future__ import annotations
@@ -46,7 +52,10 @@ def path_points(steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class RelevanceSums:
-    """Per group: sum of ``dL/dmu_k`` at each path point (shape ``(S, K)``), and how many samples."""
+    """Per group: sum of ``dL/dmu_k`` at each path point (shape ``(S, K)``), and how many samples.
+
+    ``squared``: the sums hold ``(dl_x/dmu_k)^2`` per sample instead (``reduce="norm"``).
+    """
 
     points: torch.Tensor
     weights: torch.Tensor
@@ -54,19 +63,24 @@ class RelevanceSums:
     counts: dict[str, torch.Tensor] = field(default_factory=dict)
     loss_sum: float = 0.0
     samples: int = 0
+    squared: bool = False
 
     @classmethod
-    def empty(cls, groups: Sequence[ChannelGroup], points: torch.Tensor, weights: torch.Tensor) -> RelevanceSums:
+    def empty(cls, groups: Sequence[ChannelGroup], points: torch.Tensor, weights: torch.Tensor,
+              squared: bool = False) -> RelevanceSums:
         shape = lambda g: (len(points), g.size)  # noqa: E731
         return cls(
             points=points,
             weights=weights,
             sums={g.id: torch.zeros(shape(g), dtype=torch.float64) for g in groups},
             counts={g.id: torch.zeros(shape(g), dtype=torch.float64) for g in groups},
+            squared=squared,
         )
 
     def merge(self, other: RelevanceSums) -> RelevanceSums:
         """Add another share's sums and counts (exact: the relevance of the union of the data)."""
+        if other.squared != self.squared:
+            raise SingeError("cannot merge relevance sums of squares (reduce=norm) with plain sums")
         for gid in self.sums:
             self.sums[gid] += other.sums[gid]
             self.counts[gid] += other.counts[gid]
@@ -102,11 +116,18 @@ class RelevanceSums:
         return out
 
     def finalize(self, reduce: str = "signed") -> dict[str, torch.Tensor]:
-        """Relevance per channel: ``-sum_s w_s E[dL/dmu](mu_s)`` (signed) or ``sum_s w_s |E[...]|`` (abs)."""
+        """Relevance per channel: ``-sum_s w_s E[dL/dmu](mu_s)`` (signed), ``sum_s w_s |E[...]|`` (abs),
+        or ``sum_s w_s sqrt(E[(dl/dmu)^2])`` (norm, from sums of squares)."""
+        if (reduce == "norm") != self.squared:
+            have = "squares (reduce=norm)" if self.squared else "plain derivatives"
+            raise SingeError(f"relevance sums hold {have}; they cannot be reduced with reduce={reduce}")
         scores = {}
         for gid, mean in self.integrand().items():
             w = self.weights.view(-1, 1)
-            scores[gid] = (w * mean.abs()).sum(0) if reduce == "abs" else -(w * mean).sum(0)
+            if reduce == "norm":
+                scores[gid] = (w * mean.clamp_min(0).sqrt()).sum(0)
+            else:
+                scores[gid] = (w * mean.abs()).sum(0) if reduce == "abs" else -(w * mean).sum(0)
         return scores
 
 
@@ -244,7 +265,10 @@ def accumulate(
         points, weights = torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
     else:
         points, weights = path_points(config.steps, config.rule)
-    sums = sums or RelevanceSums.empty(groups, points, weights)
+    squared = config.reduce == "norm"
+    sums = sums or RelevanceSums.empty(groups, points, weights, squared=squared)
+    if sums.squared != squared:
+        raise SingeError(f"relevance sums to add to do not match criterion reduce={config.reduce}")
     evaluator = _PathEvaluator(model, groups, config)
     with _frozen(model):
         for x, y in batches:
@@ -293,6 +317,11 @@ def _chunks(n_rows: int, max_rows: int) -> Iterable[torch.Tensor]:
         yield torch.arange(start, min(n_rows, start + max_rows))
 
 
+def _per_sample(grad: torch.Tensor, sums: RelevanceSums) -> torch.Tensor:
+    """What a row adds to the sums: its derivative, or its square for ``reduce="norm"`` (one sample per row)."""
+    return grad.square() if sums.squared else grad
+
+
 def _taylor_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums) -> None:
     """All groups at mu = 1 at once: one pass gives every group's first-order derivative."""
     n = len(x)
@@ -300,7 +329,7 @@ def _taylor_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums) -> Non
         gates = {g.id: torch.ones(len(rows), g.size, device=ev.device) for g in ev.groups}
         grads = ev.rows(x, y, teacher, rows.to(ev.device), gates)
         for gid, grad in grads.items():
-            sums.sums[gid][0] += grad.sum(0).double().cpu()
+            sums.sums[gid][0] += _per_sample(grad, sums).sum(0).double().cpu()
             sums.counts[gid][0] += len(rows)
 
 
@@ -314,8 +343,8 @@ def _group_path_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums) ->
             sample, point = rows // s_count, rows % s_count
             gate = mu[point.to(ev.device)].unsqueeze(1).expand(len(rows), g.size).contiguous()
             grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate},
-                           expand_at=point_of_reuse)[g.id].double().cpu()
-            sums.sums[g.id].index_add_(0, point, grad)
+                           expand_at=point_of_reuse)[g.id]
+            sums.sums[g.id].index_add_(0, point, _per_sample(grad, sums).double().cpu())
             sums.counts[g.id].index_add_(0, point, torch.ones(len(rows), g.size, dtype=torch.float64))
 
 
@@ -335,7 +364,7 @@ def _channel_path_batch(ev: _PathEvaluator, x, y, teacher, sums: RelevanceSums, 
             dev_r = torch.arange(len(rows), device=ev.device)
             gate[dev_r, channel.to(ev.device)] = mu[point.to(ev.device)]
             grad = ev.rows(x, y, teacher, sample.to(ev.device), {g.id: gate}, expand_at=point_of_reuse)[g.id]
-            picked = grad[dev_r, channel.to(ev.device)].double().cpu()
+            picked = _per_sample(grad[dev_r, channel.to(ev.device)], sums).double().cpu()
             flat_sums = sums.sums[g.id].view(-1)  # (S, K) row-major: index = point * K + channel
             flat_counts = sums.counts[g.id].view(-1)
             index = point * g.size + channel
