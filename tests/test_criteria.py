@@ -151,9 +151,13 @@ def test_norm_integrates_the_per_sample_gradient_rms_computed_by_hand(trained_di
     sums = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3, reduce="norm", max_rows=7))
     assert _rel_err(sums.finalize("norm")[gid], by_hand) < 1e-5
     signed = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3)).finalize("signed")[gid]
-    assert (by_hand > signed.abs() * 1.5).any()  # the norm is not the signed mean: samples disagree
+    assert (sums.finalize("norm")[gid] > signed.abs() * 1.5).any()  # not the signed mean: samples disagree
     fisher = compute_relevance(model, groups, [(x, y)], CriterionConfig(name="taylor", reduce="norm"))[gid]
     assert _rel_err(fisher, per_sample_grads(1.0).square().mean(0).sqrt()) < 1e-5
+    # the channel path's end point mu = 1 is the same per-sample derivative, channel by channel
+    channel = accumulate(model, groups, [(x, y)], CriterionConfig(path="channel", steps=2, rule="trapezoid",
+                                                                  reduce="norm", max_rows=50))
+    assert _rel_err(channel.integrand()[gid][-1], fisher.square()) < 1e-5
     with pytest.raises(SingeError, match="reduce=signed"):
         sums.finalize("signed")
     with pytest.raises(SingeError, match="cannot merge"):

@@ -20,7 +20,8 @@ so ``reduce="signed"`` is an estimate, in loss units, of the loss increase its r
 ``sqrt(E_data[(dl_x/dmu_k)^2])``: a channel whose removal helps some samples and hurts others has a
 signed mean near zero but a large norm. Its sums hold squares per sample (``RelevanceSums.squared``),
 which add across shares exactly like the plain sums; at the single point mu = 1 (Taylor with
-``reduce="norm"``) it ranks channels as the Fisher pruning criterion does (Theis et al. 2018).
+``reduce="norm"``) it is the square root of the Fisher pruning criterion (Theis et al. 2018): the same
+ranking, unless scores are divided by cost.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class RelevanceSums:
         return self
 
     def integrand(self) -> dict[str, torch.Tensor]:
-        """Mean ``dL/dmu_k`` over the data at each path point, shape ``(S, K)`` per group."""
+        """Mean ``dL/dmu_k`` over the data at each path point, shape ``(S, K)`` per group (the mean of its
+        per-sample squares when ``squared``)."""
         out = {}
         for gid, total in self.sums.items():
             count = self.counts[gid]
