@@ -105,6 +105,9 @@ CRITERIA = {
         Criterion("taylor norm", ("criterion.name=taylor", "criterion.reduce=norm")),
         Criterion("singe group norm distill", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm",
                                                *DISTILL)),
+        # registered after taylor norm tied magnitude L2 without distillation, before any distilled cell of it:
+        # if it wins on the development split, the defaults must follow
+        Criterion("taylor norm distill", ("criterion.name=taylor", "criterion.reduce=norm", *DISTILL)),
     )
 }
 ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]
