@@ -72,9 +72,9 @@ def test_completeness_tracks_measured_removal_and_error_shrinks_with_steps(train
         CriterionConfig(path="channel", steps=3, rule="trapezoid"),
         CriterionConfig(name="taylor"),
         CriterionConfig(path="group", steps=2, loss="kl"),
-        CriterionConfig(path="channel", steps=2, reduce="norm"),
+        CriterionConfig(path="group", steps=2, reduce="norm"),  # channel-path squares: the hand test
     ],
-    ids=["singe-group", "singe-channel", "taylor", "singe-kl", "singe-channel-norm"],
+    ids=["singe-group", "singe-channel", "taylor", "singe-kl", "singe-group-norm"],
 )
 def test_two_halves_accumulate_to_the_whole(trained_digits_model, digits_data, config: CriterionConfig) -> None:
     model = trained_digits_model
