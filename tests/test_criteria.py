@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from singe_dist.errors import SingeError
 from singe_dist.plan.plan import apply_step
 from singe_dist.relevance.criteria import (
     CriterionConfig,
@@ -18,7 +19,6 @@ from singe_dist.relevance.criteria import (
     compute_relevance,
     path_points,
 )
-from singe_dist.errors import SingeError
 from singe_dist.relevance.groups import Gates, example_input, find_groups
 
 from .support import DIGITS_SIZE

@@ -57,7 +57,7 @@ class CriterionConfig:
     @property
     def score_reduce(self) -> str:
         """How the path derivatives become scores. Taylor is the |first-order term| unless ``reduce=norm``,
-        where it is the per-sample RMS at mu = 1 (the Fisher pruning criterion, SInGE norm's single point)."""
+        where it is the per-sample RMS at mu = 1 (the square root of Fisher pruning, SInGE norm's single point)."""
         return "abs" if self.name == "taylor" and self.reduce != "norm" else self.reduce
 
 

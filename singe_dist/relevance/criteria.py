@@ -128,8 +128,10 @@ class RelevanceSums:
             w = self.weights.view(-1, 1)
             if reduce == "norm":
                 scores[gid] = (w * mean.clamp_min(0).sqrt()).sum(0)
+            elif reduce == "abs":
+                scores[gid] = (w * mean.abs()).sum(0)
             else:
-                scores[gid] = (w * mean.abs()).sum(0) if reduce == "abs" else -(w * mean).sum(0)
+                scores[gid] = -(w * mean).sum(0)
         return scores
 
 
