@@ -108,6 +108,15 @@ CRITERIA = {
         # registered after taylor norm tied magnitude L2 without distillation, before any distilled cell of it:
         # if it wins on the development split, the defaults must follow
         Criterion("taylor norm distill", ("criterion.name=taylor", "criterion.reduce=norm", *DISTILL)),
+        # the sensitivity of the predictive function itself (the paper's Figure 1: "gradient norm of the
+        # predictive function"): per sample the norm of every centred logit's gradient, label-free
+        # (criterion.loss=output), integrated along the path; its point mu = 1 beside it, as for the norm.
+        # Registered before any result (docs/results/fashion-jobs-output.txt), with SInGE's distilled twin.
+        Criterion("singe group norm output", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm",
+                                              "criterion.loss=output")),
+        Criterion("taylor norm output", ("criterion.name=taylor", "criterion.reduce=norm", "criterion.loss=output")),
+        Criterion("singe group norm output distill", ("criterion.name=singe", "criterion.path=group",
+                                                      "criterion.reduce=norm", "criterion.loss=output", *DISTILL)),
     )
 }
 ONE_SHOT_DEFAULT = [c for c in CRITERIA if not CRITERIA[c].fine_tune_lever]

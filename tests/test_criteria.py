@@ -164,6 +164,43 @@ def test_norm_integrates_the_per_sample_gradient_rms_computed_by_hand(trained_di
         sums.merge(accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3)))
 
 
+def test_output_norm_integrates_the_logit_gradient_norm_computed_by_hand(trained_digits_model, digits_data) -> None:
+    """loss=output: sum_s w_s sqrt(mean_x sum_c (dz~_c/dmu_k(mu_s))^2), z~ the centred logits, here with one
+    backward pass per sample, class and point; rows chunked across a sample's classes, with and without
+    prefix reuse; the labels play no part; Taylor is its point mu = 1; too many classes are refused."""
+    model = trained_digits_model.eval()
+    x, y = digits_data["train"][0][:6], digits_data["train"][1][:6]
+    groups = _groups(model, {"layers.0.conv1"})
+    gid, size = groups[0].id, groups[0].size
+
+    def logit_grad_squares(mu: float) -> torch.Tensor:  # (samples, K): sum_c (d z~_c / d gate)^2 at gate = mu
+        rows = []
+        for i in range(len(x)):
+            gate = torch.full((1, size), mu, requires_grad=True)
+            with Gates(groups).active({gid: gate}):
+                z = model(x[i : i + 1])[0]
+            z = z - z.mean()
+            grads = [torch.autograd.grad(z[c], gate, retain_graph=True)[0][0].double() for c in range(len(z))]
+            rows.append(torch.stack(grads).square().sum(0))
+        return torch.stack(rows)
+
+    points, weights = path_points(3, "midpoint")
+    by_hand = sum(float(w) * logit_grad_squares(float(mu)).mean(0).sqrt() for mu, w in zip(points, weights))
+    for reuse in (True, False):
+        config = CriterionConfig(path="group", steps=3, reduce="norm", loss="output", max_rows=7, prefix_reuse=reuse)
+        assert _rel_err(accumulate(model, groups, [(x, y)], config).finalize("norm")[gid], by_hand) < 1e-5
+    unlabelled = accumulate(model, groups, [(x, torch.zeros_like(y))], config).finalize("norm")[gid]
+    assert _rel_err(unlabelled, by_hand) < 1e-5
+    ce = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3, reduce="norm")).finalize("norm")
+    assert _rel_err(ce[gid], by_hand) > 0.1  # not the loss's sensitivity
+    taylor = compute_relevance(model, groups, [(x, y)], CriterionConfig(name="taylor", reduce="norm", loss="output"))
+    assert _rel_err(taylor[gid], logit_grad_squares(1.0).mean(0).sqrt()) < 1e-5
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 101)).eval()
+    with pytest.raises(SingeError, match="101 classes is over the limit of 100"):
+        accumulate(wide, find_groups(wide, x[:1]), [(x, y)], config)
+
+
 def test_singe_group_path_sum_is_complete(trained_digits_model, digits_data) -> None:
     """With the group path, the channels' relevances sum to the loss change of removing the whole group."""
     model = trained_digits_model

@@ -113,6 +113,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
     (["criterion.split=channels"], ["criterion.split=channels needs criterion.path=channel"]),
     (["criterion.replan=1", "criterion.name=taylor"], ["replan", "needs name=singe"]),
     (["criterion.name=singe", "criterion.replan=1", "criterion.reduce=norm"], ["replan", "reduce=norm"]),
+    (["criterion.loss=output"], ["loss=output", "needs reduce=norm"]),
 ])
 def test_rules_across_config_keys_refuse_when_the_config_loads(overrides: list[str], words: list[str]) -> None:
     from singe_dist.config import load_config

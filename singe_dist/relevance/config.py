@@ -16,6 +16,7 @@ from singe_dist.errors import SingeError
 
 
 CriterionName = Literal["singe", "taylor", "magnitude", "random"]
+MAX_OUTPUT_CLASSES = 100  # loss=output evaluates one row per class and sample
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,10 @@ class CriterionConfig:
     # norm: integral of the per-sample gradient's RMS over the data, sqrt(E[(dl/dmu)^2]): the sensitivity,
     # which cancellations between samples do not hide. Signed kept on evidence: docs/BENCHMARKS.md
     reduce: Literal["signed", "abs", "norm"] = "signed"
-    loss: Literal["ce", "kl"] = "ce"
+    # what is differentiated per sample: ce (the loss on the labels), kl (to the model before the step), or
+    # output: every centred logit, so that reduce=norm integrates the norm of the predictive function's
+    # gradient (label-free; costs one row per class, hence at most MAX_OUTPUT_CLASSES classes)
+    loss: Literal["ce", "kl", "output"] = "ce"
     norm: Literal[1, 2] = 2  # magnitude: L1 or L2 of the group's weights
     seed: int = 0  # random
     max_rows: int = 256  # samples x path points evaluated in one forward/backward pass
@@ -47,6 +51,9 @@ class CriterionConfig:
             raise SingeError(f"criterion replan must be >= 0 and needs name=singe, got {self.replan} with {self.name}")
         if self.replan and self.reduce == "norm":
             raise SingeError("criterion replan shares a joint loss change (signed); it cannot be used with reduce=norm")
+        if self.loss == "output" and self.reduce != "norm":
+            raise SingeError("criterion loss=output differentiates every logit, whose signed mean means nothing; "
+                             f"it needs reduce=norm, got reduce={self.reduce}")
         if self.max_rows < 1:
             raise SingeError(f"criterion max_rows must be >= 1, got {self.max_rows}")
 

@@ -22,6 +22,13 @@ signed mean near zero but a large norm. Its sums hold squares per sample (``Rele
 which add across shares exactly like the plain sums; at the single point mu = 1 (Taylor with
 ``reduce="norm"``) it is the square root of the Fisher pruning criterion (Theis et al. 2018): the same
 ranking, unless scores are divided by cost.
+
+``loss="output"`` (with ``reduce="norm"``) differentiates the predictive function itself instead of a
+loss: per sample, the squared norm of the gradient of its centred logits ``z - mean(z)`` (the softmax
+ignores a shift of all logits), ``sum_c (dz~_c/dmu_k)^2``. It needs no labels, and confident samples,
+whose cross-entropy gradient vanishes, still count. Each (sample, class) is one row, so it costs one
+row per class: the rows of a sample share their prefix (prefix reuse), and it is refused above
+``MAX_OUTPUT_CLASSES`` classes.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from torch import nn
 
 from singe_dist import interrupt
 from singe_dist.errors import SingeError
-from singe_dist.relevance.config import CriterionConfig
+from singe_dist.relevance.config import MAX_OUTPUT_CLASSES, CriterionConfig
 from singe_dist.relevance.groups import ChannelGroup, Gates
 
 def path_points(steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +148,26 @@ def _row_losses(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tenso
     return F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True, reduction="none").sum(1)
 
 
+def _output_rows(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``loss="output"``: each row's centred logit of its class, times sqrt(C). Squared and summed over a
+    sample's C rows, then divided by the C rows counted, that gives ``sum_c (dz~_c/dmu)^2`` per sample."""
+    centred = logits - logits.mean(1, keepdim=True)
+    return centred.gather(1, classes.view(-1, 1)).squeeze(1) * logits.shape[1] ** 0.5
+
+
+def _class_rows(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``loss="output"``: every sample repeated once per class, the class of each copy, and the sample each
+    copy came from (its copies share their prefix)."""
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    if classes > MAX_OUTPUT_CLASSES:
+        raise SingeError(f"criterion loss=output evaluates one row per class: {classes} classes is over the "
+                         f"limit of {MAX_OUTPUT_CLASSES}; use loss=ce or kl")
+    n = len(x)
+    return (x.repeat_interleave(classes, 0), torch.arange(classes, device=x.device).repeat(n),
+            torch.arange(n, device=x.device).repeat_interleave(classes))
+
+
 class _PathEvaluator:
     """Evaluates ``dL/dmu`` for many (sample, channel, path point) rows with per-sample gates.
 
@@ -158,6 +185,7 @@ class _PathEvaluator:
         self.gates = Gates(groups)
         self.device = next(model.parameters()).device
         self._points: dict[str, nn.Module | None] = {}  # group id -> expansion point (None: no reuse)
+        self.origin: torch.Tensor | None = None  # sample -> the distinct input it copies (loss=output), if any
         self._order: list[nn.Module] | None = None
 
     def _call_order(self, x: torch.Tensor) -> list[nn.Module]:
@@ -193,22 +221,28 @@ class _PathEvaluator:
         while name:
             candidates.append(modules[name])
             name = name.rpartition(".")[0]
-        # a trial on two samples with two rows each and random gates: the reuse must give the plain gradients
+        # a trial on two samples with two rows each and random gates: the reuse must give the plain gradients.
+        # The two are distinct inputs to the trial even where they are copies of one (loss=output): a tensor
+        # of the prefix read after the point then has 2 rows against 4 and fails, instead of broadcasting.
         gen = torch.Generator().manual_seed(0)
         sample = torch.tensor([0, 0, 1, 1], device=self.device)
         gate = torch.rand(4, group.size, generator=gen).to(self.device)
-        plain = self.rows(x, y, teacher, sample, {group.id: gate.clone()})[group.id]
-        scale = float(plain.abs().max()) or 1.0
-        for module in candidates:
-            if order.count(module) != 1:
-                continue
-            try:
-                trial = self.rows(x, y, teacher, sample, {group.id: gate.clone()}, expand_at=module)[group.id]
-            except (RuntimeError, TypeError):  # a prefix tensor read after the point, or an input that is no tensor
-                continue
-            if torch.allclose(trial, plain, rtol=1e-4, atol=1e-5 * scale):
-                self._points[group.id] = module
-                break
+        origin, self.origin = self.origin, None
+        try:
+            plain = self.rows(x, y, teacher, sample, {group.id: gate.clone()})[group.id]
+            scale = float(plain.abs().max()) or 1.0
+            for module in candidates:
+                if order.count(module) != 1:
+                    continue
+                try:
+                    trial = self.rows(x, y, teacher, sample, {group.id: gate.clone()}, expand_at=module)[group.id]
+                except (RuntimeError, TypeError):  # a prefix tensor read after the point, or an input that is no tensor
+                    continue
+                if torch.allclose(trial, plain, rtol=1e-4, atol=1e-5 * scale):
+                    self._points[group.id] = module
+                    break
+        finally:
+            self.origin = origin
         return self._points[group.id]
 
     def rows(
@@ -230,8 +264,11 @@ class _PathEvaluator:
         handle = None
         inputs = x[sample_idx]
         if expand_at is not None:
-            distinct, inverse = torch.unique(sample_idx, return_inverse=True)
-            inputs = x[distinct]
+            key = sample_idx if self.origin is None else self.origin[sample_idx]
+            distinct, inverse = torch.unique(key, return_inverse=True)
+            rows = torch.arange(len(key), device=key.device)
+            first = torch.full_like(distinct, len(key)).scatter_reduce(0, inverse, rows, "amin")
+            inputs = x[sample_idx[first]]  # one row per distinct input
             handle = expand_at.register_forward_pre_hook(lambda _m, args: (args[0][inverse],) + tuple(args[1:]))
         try:
             with self.gates.active(gate_values):
@@ -239,7 +276,10 @@ class _PathEvaluator:
         finally:
             if handle is not None:
                 handle.remove()
-        losses = _row_losses(logits, y[sample_idx], None if teacher is None else teacher[sample_idx])
+        if self.config.loss == "output":
+            losses = _output_rows(logits, y[sample_idx])
+        else:
+            losses = _row_losses(logits, y[sample_idx], None if teacher is None else teacher[sample_idx])
         total = losses.sum()
         if not torch.isfinite(total):
             raise SingeError("non-finite loss during relevance estimation (check the data, labels and checkpoint)")
@@ -281,12 +321,15 @@ def accumulate(
             if config.loss == "kl":
                 with torch.no_grad():
                     teacher = model(x)
+            rows_x, rows_y = x, y
+            if config.loss == "output":
+                rows_x, rows_y, evaluator.origin = _class_rows(model, x)
             if config.name == "taylor":
-                _taylor_batch(evaluator, x, y, teacher, sums)
+                _taylor_batch(evaluator, rows_x, rows_y, teacher, sums)
             elif config.path == "group":
-                _group_path_batch(evaluator, x, y, teacher, sums)
+                _group_path_batch(evaluator, rows_x, rows_y, teacher, sums)
             else:
-                _channel_path_batch(evaluator, x, y, teacher, sums, channel_share)
+                _channel_path_batch(evaluator, rows_x, rows_y, teacher, sums, channel_share)
             with torch.no_grad():
                 plain = _row_losses(model(x), y, teacher)
             sums.loss_sum += float(plain.sum())
