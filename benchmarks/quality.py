@@ -205,6 +205,11 @@ def _device(args: argparse.Namespace) -> torch.device:
     return torch.device("cuda" if args.device == "cuda" else "cpu")
 
 
+def _identity(base: dict) -> tuple:
+    """What tells one trained baseline from another."""
+    return base.get("train_loss"), base.get("test_top1"), base.get("dev_top1")
+
+
 class Store:
     """Every finished cell, saved after each one (atomic), keyed by what defines it."""
 
@@ -224,6 +229,16 @@ class Store:
     def add(self, part: str, row: dict) -> None:
         self.data[part][self.key(row)] = row
         self.save()
+
+    def add_baseline(self, seed: str, base: dict, source: object) -> None:
+        """Record the seed's unpruned network; refuse one that differs from the network this store's cells were
+        measured on (a baseline retrained on another machine is another network: its cells are not comparable)."""
+        known = self.data["baselines"].get(seed)
+        if known is not None and _identity(known) != _identity(base):
+            raise SystemExit(f"quality.py: {source} holds a seed-{seed} baseline (test top-1 {base.get('test_top1')}) "
+                             f"other than the one of {self.path or 'the stores before it'} ({known.get('test_top1')}): "
+                             "cells on different baselines are not comparable; keep them in separate stores and tables")
+        self.data["baselines"][seed] = base
 
     def save(self) -> None:
         if self.path is None:
@@ -247,7 +262,7 @@ def one_shot(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
     sums_cache: dict = {}
     for seed in args.seeds:
         path, base = baseline(args, data, seed)
-        store.data["baselines"][str(seed)] = base
+        store.add_baseline(str(seed), base, args.work)
         for label in args.criteria:
             cells = [(a, f) for a in args.allocations for f in args.fractions
                      if Store.key({"seed": seed, "criterion": label, "allocation": a, "target": f})
@@ -346,7 +361,7 @@ def entwined(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
     start = time.perf_counter()
     for n, (seed, label, allocation, fraction) in enumerate(todo, 1):
         path, base = baseline(args, data, seed)
-        store.data["baselines"][str(seed)] = base
+        store.add_baseline(str(seed), base, args.work)
         out = Path(tempfile.mkdtemp(dir=args.work, prefix=f"s{seed}-{label.replace(' ', '_')}-{allocation}-{fraction}-"))
         extra = [*CRITERIA[label].overrides, f"model.checkpoint={path}", f"prune.remove_fraction={fraction}",
                  *ALLOCATIONS[allocation], f"prune.steps={args.steps}", f"finetune.iters_per_step={args.iters}",
@@ -689,7 +704,8 @@ def main() -> None:
             part = Store(path, args)
             for name in ("oneshot", "entwined"):
                 store.data[name].update(part.data[name])
-            store.data["baselines"].update(part.data["baselines"])
+            for seed, base in part.data["baselines"].items():
+                store.add_baseline(seed, base, path)
     else:
         devices = {args.device}
         args.work = args.work or Path(tempfile.mkdtemp(prefix="singe-quality-"))

@@ -139,6 +139,19 @@ def test_quality_smoke(tmp_path: Path) -> None:
     assert merged.returncode == 0, merged.stderr
     assert _tables(merged.stdout) == _tables(proc.stdout)
     assert "merged from 1 stores" in merged.stdout and "torch=" not in merged.stdout and "torch=" in proc.stdout
+    # a store measured on another seed-0 baseline (retrained elsewhere) is refused, in one line, by a merge and by
+    # a run resuming into it: its cells are not comparable
+    other = json.loads(out.with_suffix(".json").read_text())
+    other["baselines"]["0"]["test_top1"] += 0.01
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    mixed = subprocess.run([*cmd[:2], "--smoke", "--merge", str(out.with_suffix(".json")), str(tmp_path / "other.json")],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert mixed.returncode != 0 and mixed.stderr.strip().count("\n") == 0
+    assert "other.json holds a seed-0 baseline" in mixed.stderr and "not comparable" in mixed.stderr
+    resumed = subprocess.run([*cmd[:-1], str(tmp_path / "other")], capture_output=True, text=True, timeout=120,
+                             cwd=ROOT)
+    assert resumed.returncode != 0 and "not comparable" in resumed.stderr
+    assert json.loads((tmp_path / "other.json").read_text()) == other  # nothing already written is lost
 
 
 def test_quality_greedy_one_shot_stops_at_each_budget(tmp_path: Path) -> None:
