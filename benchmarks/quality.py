@@ -21,6 +21,9 @@ Protocol (fixed before any result was looked at; every criterion gets exactly th
 
 Results are stored per cell in ``OUT.json`` after each one, so a run resumes where it stopped and
 several invocations (one per seed, on different cores) merge with ``--merge``.
+Cells measured on different baselines (retrained elsewhere: another network) are refused by a merge and
+by a resume. The issue's grid (one-shot with the channel path, entwined without it, 3 seeds) takes about
+1 h 30 min in two processes on a 2-core AMD EPYC (docs/BENCHMARKS.md, "Sizing the full sweep").
 
     uv run python benchmarks/quality.py --work runs/bench/fashion --out docs/results/fashion --seeds 0
     uv run python benchmarks/quality.py --merge docs/results/fashion-s*.json --out docs/results/fashion --plot docs/plots/fashion.png
