@@ -2,11 +2,12 @@
 
 Ray only launches workers; what must hold across ranks is tested here directly: sums and counts
 all-reduced from two data shares equal the relevance of the whole data, channel shares complete each
-other, and a rank whose plan differs is caught.
+other, a rank whose plan differs is caught, and the job's ranks hold one model whenever they evaluate it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -18,14 +19,16 @@ from singe_dist.checkpoint import load_model
 from singe_dist.data.digits import MEAN, STD
 from singe_dist.data.shards import shard_loader
 from singe_dist.data.transforms import eval_transform
+from singe_dist.config import load_config
 from singe_dist.engine.collective import LocalCollective, TorchCollective, assert_same_plan
+from singe_dist.engine.loop import PruneJob
 from singe_dist.engine.train import recalibrate_batchnorm
 from singe_dist.errors import SingeError
 from singe_dist.plan.plan import Plan
 from singe_dist.relevance.criteria import CriterionConfig, accumulate
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .support import DIGITS_SIZE
+from .support import DEMO_CONFIG, DIGITS_SIZE, small_job_overrides
 
 CONFIGS = {
     "singe-group": CriterionConfig(path="group", steps=3),
@@ -119,3 +122,40 @@ def test_bn_reestimation_is_identical_on_every_rank_and_equals_one_process(two_r
 def test_a_diverged_rank_is_caught_on_every_rank(two_rank_results) -> None:
     for result in two_rank_results:
         assert "ranks took different pruning decisions (rank(s) [1] differ from rank 0)" in result["divergence"]
+
+
+def _job_rank(rank: int, init_file: str, overrides: list[str], out: str) -> None:
+    """One rank of a 2-rank pruning job; a digest of its model (parameters and buffers) at every evaluation."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    digests: list[str] = []
+    evaluate = PruneJob._evaluate
+
+    def recording(self: PruneJob, model: torch.nn.Module) -> dict[str, float]:
+        state = model.state_dict().values()
+        digests.append(hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in state)).hexdigest())
+        return evaluate(self, model)
+
+    PruneJob._evaluate = recording  # this spawned process only
+    try:
+        PruneJob(load_config(DEMO_CONFIG, overrides), TorchCollective(torch.device("cpu")), log=lambda _m: None).run()
+        torch.save(digests, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_evaluates_scores_and_checkpoints_one_model(tmp_path, digits_shards, digits_baseline) -> None:
+    """After each fine-tuning phase every rank holds rank 0's model, BatchNorm statistics included.
+
+    DDP broadcasts buffers at the start of each forward, so each rank's last batch left its own running
+    statistics: the ranks then evaluated (and scored) different models, and a run resumed from rank 0's
+    checkpoint took other channels than the run that went on (the SIGINT test of test_launcher).
+    """
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    overrides = small_job_overrides(digits_shards, digits_baseline, tmp_path / "run", prune__steps=1,
+                                    finetune__iters_per_step=3, finetune__final_iters=2)
+    mp.spawn(_job_rank, args=(str(tmp_path / "init"), overrides, str(tmp_path / "digests")), nprocs=2, join=True)
+    ranks = [torch.load(f"{tmp_path / 'digests'}.{r}", weights_only=True) for r in range(2)]
+    assert len(ranks[0]) == 4  # baseline, after the removal, after its fine-tuning, final
+    assert ranks[0] == ranks[1]
+    assert len(set(ranks[0])) == 4

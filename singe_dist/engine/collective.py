@@ -33,6 +33,16 @@ class Collective(Protocol):
         """The model to train (DDP-wrapped when distributed)."""
         ...
 
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Every rank takes rank 0's buffers (BatchNorm running statistics), after training.
+
+        DDP broadcasts rank 0's buffers at the start of each forward, so after a phase's last step every
+        rank holds the statistics of its own last batch. Without this the ranks would evaluate, score and
+        checkpoint different models, and a run resumed from rank 0's checkpoint would not be the run that
+        went on.
+        """
+        ...
+
 
 class LocalCollective:
     """World size 1: every collective is the identity."""
@@ -51,6 +61,9 @@ class LocalCollective:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        return None
 
 
 class TorchCollective:
@@ -81,6 +94,14 @@ class TorchCollective:
     def wrap(self, model: nn.Module) -> nn.Module:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for buffer in model.buffers():
+                work = buffer.to(self._reduce_device)  # the buffer itself on Gloo's CPU and NCCL's GPU
+                dist.broadcast(work, src=0)
+                if work is not buffer:
+                    buffer.copy_(work)
 
 
 def assert_same_plan(collective: Collective, plan: Plan) -> None:

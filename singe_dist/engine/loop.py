@@ -298,6 +298,7 @@ class PruneJob:
                         distill_weight=cfg.distill_weight, temperature=cfg.distill_temperature)
         finally:
             progress.close()
+        self.col.broadcast_buffers(model)  # one model on every rank: evaluated, scored and checkpointed as one
         self._global_iter += iters
         return float(np.mean(losses)) if losses else float("nan")
 
