@@ -1,4 +1,4 @@
-"""What many test files share: the small job's overrides, the CLI run in a subprocess, forked jobs.
+"""What many test files share: the small job's overrides, the CLI run in a subprocess, forked jobs, idx files.
 
 The Ray head and the MLflow server the tests start are :mod:`tests.ray_head` and
 :mod:`tests.mlflow_server`; the session fixtures (digits data, shards, a trained baseline, the
@@ -7,6 +7,7 @@ uninterrupted reference run) are in ``conftest.py``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +137,27 @@ def pruned_widths(model: torch.nn.Module) -> dict[str, int]:
     """Output width of every Conv2d / Linear, to compare architectures."""
     return {name: (m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features)
             for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+
+
+# ---------------------------------------------------------------------------------- idx files
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """``array`` as a gzipped idx file of unsigned bytes, the format Fashion-MNIST ships in."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def digits_as_fashion_files(directory: Path) -> Path:
+    """Fashion-MNIST's training files, made of the digits that ship with scikit-learn (real 8x8 images,
+    scaled to 0-255): the garments ``benchmarks/imagenet_rehearsal_data.py`` pastes onto its photographs,
+    without the Debian package that the test suite must not need."""
+    from sklearn.datasets import load_digits
+
+    from singe_dist.data.convert import FASHION_MNIST_FILES
+
+    digits = load_digits()
+    image_file, label_file = FASHION_MNIST_FILES["train"]
+    directory.mkdir(parents=True, exist_ok=True)
+    write_idx(directory / image_file, np.round(digits.images * (255 / 16)))
+    write_idx(directory / label_file, digits.target)
+    return directory

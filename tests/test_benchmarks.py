@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from .support import digits_as_fashion_files
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -327,7 +329,8 @@ def test_onnx_latency_smoke() -> None:
 # tests/test_flagship.py)
 def test_imagenet_rehearsal_data_and_measurement_smoke(tmp_path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "imagenet_rehearsal_data.py"), "--out",
-                           str(tmp_path / "data"), "--classes", "3", "--max-side", "40", "--per-shard", "4"],
+                           str(tmp_path / "data"), "--classes", "3", "--max-side", "40", "--per-shard", "4",
+                           "--fashion-dir", str(digits_as_fashion_files(tmp_path / "garments"))],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])

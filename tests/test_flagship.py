@@ -20,6 +20,7 @@ from singe_dist.config import load_config
 from singe_dist.models import build_model
 
 from .ray_head import REPO_ROOT, ray_head  # noqa: F401
+from .support import digits_as_fashion_files
 
 FLAGSHIP = REPO_ROOT / "jobs" / "configs" / "resnet50_imagenet.yaml"
 SMALLEST_GPU_GIB = 24  # the A10G of cluster/ray-cluster.yaml and cluster/kuberay/*.yaml (g5.12xlarge)
@@ -37,7 +38,7 @@ def test_flagship_config_runs_through_ray_job_submit(ray_head, tmp_path) -> None
     make_data = _load("imagenet_rehearsal_data").make_data
     rehearsal = _load("imagenet_rehearsal")
     data = make_data(tmp_path / "data", classes=10, train_per_class=4, val_per_class=2, per_shard=10,
-                     val_per_shard=10, max_side=48)
+                     val_per_shard=10, max_side=48, fashion_dir=digits_as_fashion_files(tmp_path / "garments"))
     assert data["train"]["shards"] == 4 and json.loads((tmp_path / "data/shards/classes.json").read_text())[0] == "n01440764"
     out = tmp_path / "job"
     out.mkdir()

@@ -3,7 +3,6 @@ greedy sub-steps, and the Fashion-MNIST data and CIFAR ResNets the quality bench
 
 from __future__ import annotations
 
-import gzip
 import math
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from singe_dist.plan.cost import CostModel
 from singe_dist.plan.select import Constraints, Policy, select_channels
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .support import DIGITS_SIZE, small_job_config
+from .support import DIGITS_SIZE, small_job_config, write_idx
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 
@@ -210,12 +209,6 @@ def test_distillation_is_on_by_default_only_when_there_is_a_trained_model_to_dis
 
 
 # ------------------------------------------------------------------------------------- data and models
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_fashion_mnist_converter_on_tiny_idx_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from singe_dist.cli import main
     from singe_dist.data.shards import shard_loader, expand_shards
@@ -227,8 +220,8 @@ def test_fashion_mnist_converter_on_tiny_idx_files(tmp_path: Path, capsys: pytes
     for split, (images, labels), n in (("train", ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"), 12),
                                        ("val", ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"), 5)):
         x, y = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
-        _write_idx(source / images, x)
-        _write_idx(source / labels, y)
+        write_idx(source / images, x)
+        write_idx(source / labels, y)
         data[split] = (x, y)
     assert main(["shards", "--fashion-mnist", "--source", str(source), "--out", str(tmp_path / "out"),
                  "--per-shard", "5"]) == 0
