@@ -6,7 +6,8 @@ aspect ratios (500x375, 375x500, 500x333, 500x500, 640x480...; ``--max-side`` sc
 tests), JPEG quality 90. Every image is built from real pictures, never noise: a random crop of one of
 scikit-learn's two sample photographs (``load_sample_images``: a temple in China, a flower),
 colour-jittered (brightness, contrast, saturation, channel mixing), with a Fashion-MNIST garment
-(``/usr/share/datasets/fashion-mnist``, the Debian package; read with ``singe_dist.data.convert.read_idx``)
+(``/usr/share/datasets/fashion-mnist``, the Debian package; read with ``singe_dist.data.convert.read_idx``;
+``--fashion-dir`` names other idx files of that layout, as the tests do with scikit-learn's digits)
 scaled up, tinted and pasted at a random place. A class is (garment label, tint, background photo): the
 classes are learnable, as ImageNet's are. Everything is a deterministic function of ``--seed``.
 
