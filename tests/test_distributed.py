@@ -16,10 +16,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from singe_dist.checkpoint import load_model
+from singe_dist.config import load_config
 from singe_dist.data.digits import MEAN, STD
 from singe_dist.data.shards import shard_loader
 from singe_dist.data.transforms import eval_transform
-from singe_dist.config import load_config
 from singe_dist.engine.collective import LocalCollective, TorchCollective, assert_same_plan
 from singe_dist.engine.loop import PruneJob
 from singe_dist.engine.train import recalibrate_batchnorm
