@@ -110,7 +110,14 @@ class FinetuneConfig:
     iters_per_step: int = 50  # F
     final_epochs: float = 1.0  # E (needs data.train_samples for shards)
     final_iters: Optional[int] = None  # overrides final_epochs when set
-    lr: float = 0.01
+    # the learning-rate schedule (singe_dist/engine/lr.py says what each key does)
+    lr: float = 0.01  # the peak
+    lr_shape: Literal["cosine", "linear", "constant", "step"] = "cosine"
+    lr_span: Literal["phase", "job"] = "phase"  # one shape per fine-tuning phase, or over the job's fine-tuning
+    lr_rewind: bool = False  # the last iterations of the baseline's own schedule (train.lr, train.iters)
+    warmup_iters: int = 0
+    lr_milestones: list[float] = field(default_factory=lambda: [0.6, 0.8])  # lr_shape=step: fractions of the span
+    lr_gamma: float = 0.1  # lr_shape=step: the factor at each milestone
     momentum: float = 0.9
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
@@ -192,6 +199,12 @@ class JobConfig:
         _check(self.finetune.final_iters is None or self.finetune.final_iters >= 0, "finetune.final_iters",
                "must be >= 0", self.finetune.final_iters)
         _check(self.finetune.lr > 0, "finetune.lr", "must be > 0", self.finetune.lr)
+        _check(self.finetune.warmup_iters >= 0, "finetune.warmup_iters", "must be >= 0", self.finetune.warmup_iters)
+        milestones = self.finetune.lr_milestones
+        _check(all(0 < m < 1 for m in milestones) and milestones == sorted(milestones), "finetune.lr_milestones",
+               "must be increasing fractions of the span, each in (0, 1)", milestones)
+        _check(0 < self.finetune.lr_gamma <= 1, "finetune.lr_gamma", "must be in (0, 1]", self.finetune.lr_gamma)
+        _check(self.train.lr > 0, "train.lr", "must be > 0", self.train.lr)
         _check(0 <= self.finetune.label_smoothing < 1, "finetune.label_smoothing", "must be in [0, 1)",
                self.finetune.label_smoothing)
         _check(self.finetune.log_every >= 1, "finetune.log_every", "must be >= 1", self.finetune.log_every)

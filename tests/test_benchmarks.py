@@ -156,6 +156,34 @@ def test_quality_smoke(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "other.json").read_text()) == other  # nothing already written is lost
 
 
+def test_fair_fight_smoke(tmp_path: Path) -> None:
+    """Protocol v2: a baseline with its development curve, our row and Torch-Pruning's at two budgets, stored,
+    resumed and merged into one table and plot."""
+    out = tmp_path / "fair"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fair_fight.py"), "--smoke", "--work", str(tmp_path / "work"),
+           "--out", str(out), "--recipes", "default", "tp magnitude uniform", "--budgets", "none", "short"]
+    proc = subprocess.run([*cmd, "--plot", str(tmp_path / "f.png")], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header == ["fine-tuning", "recipe", "50% MACs removed", "training passes"]
+    assert [(r[0], r[1]) for r in body] == [(b, r) for b in ("none", "short") for r in ("default", "tp magnitude uniform")]
+    stored = json.loads(out.with_suffix(".json").read_text())
+    assert len(stored["baselines"]["0"]["curve"]) == 2  # --smoke: two epochs, each with its development top-1
+    cells = {(c["recipe"], c["budget"]): c for c in stored["cells"]}
+    assert all(0.45 <= c["removed"] <= 0.55 for c in cells.values())  # the same 50% target, within a unit
+    assert cells[("default", "none")]["finetune_iters"] == cells[("tp magnitude uniform", "none")]["finetune_iters"] == 0
+    assert cells[("default", "short")]["finetune_iters"] == cells[("tp magnitude uniform", "short")]["finetune_iters"] > 0
+    assert cells[("tp magnitude uniform", "short")]["tp_steps"] > 1  # Torch-Pruning's own progressive loop
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert again.returncode == 0 and "[1/" not in again.stdout  # every cell stored: nothing recomputed
+    merged = subprocess.run([*cmd[:2], "--merge", str(out.with_suffix(".json"))], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert merged.returncode == 0, merged.stderr
+    assert _tables(merged.stdout)[0][2:] == _tables(proc.stdout)[0][2:]
+
+
 def test_quality_greedy_one_shot_stops_at_each_budget(tmp_path: Path) -> None:
     """Part (i) of a greedy setting: relevance re-estimated every 10% of MACs, a cell stored at each budget, for
     an allocation with a limit too (its policy read from the job config, as the entwined job reads it)."""

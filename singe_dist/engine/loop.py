@@ -31,6 +31,7 @@ from singe_dist.data.streams import DataStreams
 from singe_dist.engine.collective import Collective, LocalCollective, assert_same_plan
 from singe_dist.engine.faults import injector_from_env
 from singe_dist.engine.latency import measure_latencies
+from singe_dist.engine.lr import finetune_schedule
 from singe_dist.engine.rng import restore_rng, seed_phase
 from singe_dist.engine.run_dir import (CHECKPOINT_NAME, Position, clear_interrupted_writes, prepare_run_dir,
                                       read_job_checkpoint, write_job_checkpoint, write_report, write_run_outputs)
@@ -292,8 +293,10 @@ class PruneJob:
             if i + 1 == iters // 2 + 1:
                 self.faults.check("finetune", phase + 1, f" (iteration {i + 1} of {iters})")
 
+        schedule = finetune_schedule(cfg, self.config.train, iters, self._global_iter,
+                                     self.config.finetune.iters_per_step * self.config.prune.steps + self._final_iters())
         try:
-            train_steps(train_model, optimizer, stream, iters - start, cfg.lr, cfg.label_smoothing,
+            train_steps(train_model, optimizer, stream, iters - start, schedule, cfg.label_smoothing,
                         first_step=start, total_steps=iters, on_step=on_step, amp=cfg.amp, teacher=self.teacher,
                         distill_weight=cfg.distill_weight, temperature=cfg.distill_temperature)
         finally:

@@ -164,7 +164,7 @@ def train_steps(
     optimizer: torch.optim.Optimizer,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     steps: int,
-    lr: float,
+    lr: float | Callable[[int], float],
     label_smoothing: float = 0.0,
     first_step: int = 0,
     total_steps: int | None = None,
@@ -174,7 +174,10 @@ def train_steps(
     distill_weight: float = 0.0,
     temperature: float = 4.0,
 ) -> float:
-    """Run ``steps`` SGD iterations drawn from ``batches`` with a cosine schedule; return the mean loss.
+    """Run ``steps`` SGD iterations drawn from ``batches``; return the mean loss.
+
+    ``lr`` is a peak rate decayed by a cosine over ``total_steps``, or a schedule (``engine.lr.LrSchedule``):
+    iteration ``first_step + i`` runs at ``lr(first_step + i)``.
 
     ``amp``: bfloat16 autocast on GPU (no loss scaling needed); ignored on CPU. With a ``teacher``
     (the unpruned model, in eval mode) and ``distill_weight = w``, the loss is
@@ -195,7 +198,7 @@ def train_steps(
             raise SingeError("training data ran out: use a resampled (infinite) training stream") from None
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(lr, first_step + i, total_steps)
+            group["lr"] = lr(first_step + i) if callable(lr) else cosine_lr(lr, first_step + i, total_steps)
         with autocast:
             logits = model(x).float()
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)

@@ -31,7 +31,7 @@ class Footprint:
         return self.macs if metric == "macs" else self.params
 
 
-def _positions(model: nn.Module, input_size: Sequence[int]) -> dict[nn.Module, int]:
+def spatial_positions(model: nn.Module, input_size: Sequence[int]) -> dict[nn.Module, int]:
     """Output positions per sample (H*W for convolutions, tokens for linear layers) of each layer.
 
     For ``nn.MultiheadAttention`` the value is its whole MACs per sample (projections and the two
@@ -109,9 +109,13 @@ def _in_width(module: nn.Module) -> int:
     return _width(module)
 
 
-def measure(model: nn.Module, input_size: Sequence[int]) -> Footprint:
-    """Measure MACs (conv + linear, one sample) and parameters of a real model."""
-    positions = _positions(model, input_size)
+def measure(model: nn.Module, input_size: Sequence[int], positions: dict[nn.Module, int] | None = None) -> Footprint:
+    """Measure MACs (conv + linear, one sample) and parameters of a real model.
+
+    ``positions``: the model's :func:`spatial_positions`, measured once, for a caller that measures the
+    same modules many times while their widths change (pruning in place): no forward pass then.
+    """
+    positions = spatial_positions(model, input_size) if positions is None else positions
     macs = 0
     for module, pos in positions.items():
         if isinstance(module, nn.MultiheadAttention):
@@ -126,7 +130,7 @@ class CostModel:
     """Exact MACs and parameters of the model after removing ``r_g`` channels from each group ``g``."""
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], input_size: Sequence[int]) -> None:
-        positions = _positions(model, input_size)
+        positions = spatial_positions(model, input_size)
         self.base = measure(model, input_size)
         # per touched layer: base widths and how many of its in/out indices each root channel carries
         self._layers: dict[nn.Module, dict] = {}
