@@ -12,7 +12,8 @@ how channels are chosen (criterion and allocation) *and* how the pruned network 
   top-1 is measured after every epoch and stored with the baseline (its *curve*). A baseline counts as
   converged when its last ``PLATEAU_EPOCHS`` epochs gained less than ``PLATEAU_GAIN`` top-1 on the
   development split; the table says for each seed whether it did. (The 1,000-iteration baselines of
-  protocol v1 were still learning: fine-tuning then continued training.)
+  protocol v1 were still learning: fine-tuning then continued training.) Checkpoints and curves are
+  committed (``docs/results/fair-baselines``), so a later session extends the grid on the same networks.
 - **Budgets** are fractions of the baseline's training iterations: ``none`` (0: prune, re-estimate
   BatchNorm, evaluate), ``short`` (2%) and ``long`` (10%). A recipe's fine-tuning iterations, in every
   phase together, are exactly its budget; sparse learning before pruning is paid from the same budget
@@ -68,7 +69,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality import evaluate_checkpoint, job_config, prepare_data  # noqa: E402  (protocol v1's data and job base)
 
 EPOCH = 390  # iterations of batch 128 in one pass over the 50,000 training images
@@ -93,7 +95,7 @@ def train_converged(args: argparse.Namespace, data: dict[str, str], seed: int) -
     from singe_dist.engine.rng import seed_phase
     from singe_dist.engine.train import evaluate, make_optimizer, train_steps
 
-    path = args.work / f"baseline-v2-seed{seed}.pt"
+    path = args.baselines / f"baseline-v2-seed{seed}.pt"
     summary_path = path.with_suffix(".json")
     if summary_path.is_file():
         return path, json.loads(summary_path.read_text())
@@ -405,7 +407,9 @@ def main() -> None:
     parser.add_argument("--calibration-batches", type=int, default=2)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--work", type=Path, help="shards, baselines and job folders")
+    parser.add_argument("--work", type=Path, help="shards and job folders")
+    parser.add_argument("--baselines", type=Path, default=ROOT / "docs" / "results" / "fair-baselines",
+                        help="the converged baselines (committed: 1.1 MB each, so later sessions extend the same grid)")
     parser.add_argument("--out", type=Path, help="write OUT.json (every cell) and OUT.md (the table)")
     parser.add_argument("--merge", type=Path, nargs="+", help="only tabulate/plot the cells of these stores")
     parser.add_argument("--plot", type=Path, help="write a PNG of top-1 against MACs removed, one panel per budget")
@@ -415,6 +419,7 @@ def main() -> None:
         args.dataset, args.seeds, args.fractions = "digits", [0], [0.5]
         args.baseline_epochs, args.epoch_iters, args.batch_size = 2, 25, 32
         args.calibration_batches, args.path_points = 1, 2
+        args.baselines = args.work  # never the committed ones
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
     args.train_iters = args.baseline_epochs * args.epoch_iters
@@ -427,6 +432,7 @@ def main() -> None:
         if args.work is None:
             parser.error("--work is needed to run baselines or cells")
         args.work.mkdir(parents=True, exist_ok=True)
+        args.baselines.mkdir(parents=True, exist_ok=True)
         data = prepare_data(args)
         if args.phase == "baselines":
             for seed in args.seeds:
