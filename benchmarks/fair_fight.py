@@ -381,10 +381,13 @@ def plot(store: Store, fractions: list[float], base: float, path: Path) -> None:
                             linestyle="--" if label.startswith("tp") else "-")
         ax.axhline(base, color="grey", linewidth=0.8, label="unpruned")
         ax.set(title=f"fine-tuning: {budget} ({BUDGETS[budget]:.0%} of training)", xlabel="MACs removed (%)",
-               ylabel="top-1 (test)")
+               ylabel="top-1 (test)", xlim=(45, 90))
         ax.grid(alpha=0.3)
-    handles, names = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=5, fontsize=8)
+    legend: dict = {}  # every recipe drawn in any panel, once
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     plt.close(fig)
