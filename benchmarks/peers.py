@@ -56,12 +56,13 @@ def build_pruner(model: nn.Module, example: torch.Tensor, recipe: PeerRecipe, nu
 
 
 def _calibration_gradients(model: nn.Module, calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Taylor's input: the cross-entropy's gradient on the calibration batches, in every ``.grad``."""
+    """Taylor's input: the cross-entropy's gradient on the calibration batches, accumulated in every ``.grad``
+    (one ``backward`` of the batch-mean loss per batch, as Torch-Pruning's scripts do)."""
     device = next(model.parameters()).device
     model.eval()  # BatchNorm's running statistics, as our criteria score
     model.zero_grad()
     for x, y in calibration:
-        F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").backward()
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
 
 
 def prune_to_macs(model: nn.Module, pruner: tp.pruner.BasePruner, recipe: PeerRecipe, target_macs: float,
@@ -70,18 +71,19 @@ def prune_to_macs(model: nn.Module, pruner: tp.pruner.BasePruner, recipe: PeerRe
 
     Every step is Torch-Pruning's ``pruner.step(interactive=True)``: its importance ranks, its pruner
     picks the indices of each group, and ``group.prune()`` removes them. The loop stops after the first
-    group that reaches the target. ``calibration`` feeds Taylor's gradients, recomputed before each step
-    (the gradients of a step are those of the network that step prunes).
+    group that reaches the target. ``calibration`` feeds Taylor's gradients, accumulated once before
+    pruning as Torch-Pruning's ImageNet and LLM scripts do (its pruning functions prune ``.grad`` with
+    the weights, so they stay aligned).
     """
     model.eval()
     positions = spatial_positions(model, input_size)  # layers keep their output sizes while they narrow
     steps, backward_passes = 0, 0
+    if recipe.gradients:
+        _calibration_gradients(model, calibration)
+        backward_passes = len(calibration)
     while measure(model, input_size, positions).macs > target_macs:
         if steps >= ITERATIVE_STEPS:
             raise RuntimeError(f"torch_pruning's {ITERATIVE_STEPS} steps did not reach {target_macs:.0f} MACs")
-        if recipe.gradients:
-            _calibration_gradients(model, calibration)
-            backward_passes += len(calibration)
         steps += 1
         for group in pruner.step(interactive=True):
             group.prune()
