@@ -3,7 +3,9 @@
     from tests.ray_head import local_ray_head
 
     with local_ray_head(num_cpus=2) as head:
-        result = head.submit(["python", "jobs/prune.py", "--config", "jobs/configs/demo.yaml"],
+        # every path absolute (data.*, model.checkpoint, run.out_dir): the job runs in Ray's copy of "."
+        sets = ["--set", f"run.out_dir={tmp_path / 'run'}", ...]
+        result = head.submit(["python", "jobs/prune.py", "--config", "jobs/configs/demo.yaml", *sets],
                              working_dir=".", runtime_env="jobs/runtime_env.yaml", timeout=600)
         assert result.returncode == 0, result.stdout
 

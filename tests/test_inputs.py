@@ -90,3 +90,61 @@ def test_relevance_reads_the_jobs_config_model_and_shards(digits_shards, digits_
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "singe-dist relevance: error: shard pattern /nonexistent/x-{0..1}.tar matches no file"]
+
+
+# ---------------------------------------------------------------------------------- ray job submit --working-dir
+def _refused_keys(copy, *overrides: str) -> list[str]:  # noqa: ANN001
+    """The keys check_working_dir_paths refuses for jobs/configs/demo.yaml plus ``overrides`` ([] if none)."""
+    from singe_dist.config import load_config
+    from singe_dist.preflight import check_working_dir_paths
+
+    try:
+        check_working_dir_paths(load_config(DEMO_CONFIG, list(overrides)), copy)
+    except SingeError as exc:
+        message = str(exc)
+        assert "\n" not in message and "deleted after the job" in message and "git-ignored" in message
+        assert "absolute path on storage that every node sees" in message and message.endswith("or a URL")
+        return [item.split("=", 1)[0] for item in message.split(": under `ray job submit`")[0].split(", ")]
+    return []
+
+
+def test_ray_job_working_dir_copy_refuses_relative_paths_it_lacks_or_would_lose(tmp_path, monkeypatch) -> None:
+    """Unit half of tests/test_ray_job.py's local-head test: which paths are refused, and when."""
+    from singe_dist.preflight import RAY_JOB_CONFIG_ENV, working_dir_copy
+
+    copy, outside = tmp_path / "_ray_pkg_0123", tmp_path / "shared"
+    (copy / "jobs" / "data").mkdir(parents=True)
+    for name in ("a-0.tar", "a-1.tar", "b.pt"):
+        (copy / "jobs" / "data" / name).write_bytes(b"")
+    outside.mkdir()
+    absolute = [f"data.train={outside}/t-{{0..1}}.tar", f"data.val={outside}/v.tar", f"model.checkpoint={outside}/b.pt",
+                f"run.out_dir={outside}/run"]
+
+    # the issue's command: every path of the demo config is relative and missing from the copy
+    assert _refused_keys(copy) == ["data.train", "data.val", "model.checkpoint", "run.out_dir"]
+    assert _refused_keys(copy, *absolute) == []
+    assert _refused_keys(copy, *absolute[:3]) == ["run.out_dir"]
+    # inputs: files of the copy (tracked in git) are fine; outside it, or missing, they are not; URLs are fine
+    assert _refused_keys(copy, *absolute[1:], "data.train=jobs/data/a-{0..1}.tar,file:jobs/data/a-0.tar",
+                         "model.checkpoint=jobs/data/b.pt") == []
+    assert _refused_keys(copy, *absolute, "data.train=jobs/data/a-{0..2}.tar", "data.val=../shared/v.tar",
+                         "model.checkpoint=https://host/b.pt") == ["data.train", "data.val"]
+    # outputs: never relative, never inside the copy
+    assert _refused_keys(copy, *absolute[:3], f"run.out_dir={copy}/runs/x", "distributed.storage_path=ray",
+                         "tracking.uri=sqlite:///runs/mlflow.db") == ["run.out_dir", "distributed.storage_path",
+                                                                      "tracking.uri"]
+    for uri in ("file:mlruns", "mlruns"):
+        assert _refused_keys(copy, *absolute, f"tracking.uri={uri}") == ["tracking.uri"]
+    for fine in ("tracking.uri=sqlite:////abs/mlflow.db", "tracking.uri=http://127.0.0.1:5000",
+                 "distributed.storage_path=s3://bucket/ray", "tracking.uri=mlruns tracking.enabled=false"):
+        assert _refused_keys(copy, *absolute, *fine.split()) == [], fine
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    assert _refused_keys(copy, *absolute) == ["MLFLOW_TRACKING_URI"]
+
+    # the copy is the cwd of an entrypoint whose runtime env has a working dir that Ray unpacked
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv(RAY_JOB_CONFIG_ENV, raising=False)
+    assert working_dir_copy() is None  # not under `ray job submit`
+    for working_dir, expected in (("gcs://_ray_pkg_0123.zip", copy), ("local:///mnt/shared/code", None), (None, None)):
+        monkeypatch.setenv(RAY_JOB_CONFIG_ENV, json.dumps({"runtime_env": {"working_dir": working_dir}, "metadata": {}}))
+        assert working_dir_copy() == expected, working_dir

@@ -124,6 +124,18 @@ def _sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+def local_store_path(uri: str) -> str | None:
+    """The file or directory a file-backed store writes (``sqlite:///``, ``file:``, a plain path), as written
+    in the URI (relative stays relative); None for a server or an in-memory store."""
+    sqlite = _sqlite_path(uri)
+    if sqlite is not None or uri.startswith("sqlite:"):
+        return None if sqlite is None else str(sqlite)
+    scheme = _scheme(uri)
+    if scheme == "file":
+        return urlsplit(uri).path or None
+    return uri if scheme == "" else None
+
+
 def ui_hint(config: JobConfig) -> str:
     """The command that opens the MLflow UI on this job's tracking store (``open <address>`` for a server).
 
