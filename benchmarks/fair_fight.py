@@ -396,7 +396,8 @@ def plot(store: Store, fractions: list[float], base: float, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--phase", choices=("baselines", "cells"), default="cells")
+    parser.add_argument("--phase", choices=("data", "baselines", "cells"), default="cells",
+                        help="data: only write the shards (a GPU runner does it once before its jobs)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES)[:5], choices=list(RECIPES), metavar="RECIPE")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
@@ -437,6 +438,8 @@ def main() -> None:
         args.work.mkdir(parents=True, exist_ok=True)
         args.baselines.mkdir(parents=True, exist_ok=True)
         data = prepare_data(args)
+        if args.phase == "data":
+            return
         if args.phase == "baselines":
             for seed in args.seeds:
                 _, summary = train_converged(args, data, seed)

@@ -184,6 +184,26 @@ def test_fair_fight_smoke(tmp_path: Path) -> None:
     assert _tables(merged.stdout)[0][2:] == _tables(proc.stdout)[0][2:]
 
 
+def test_fair_fight_gpu_runner_runs_jobs_side_by_side_and_resumes(tmp_path: Path) -> None:
+    """benchmarks/fair_fight_gpu.sh (here with DEVICE=cpu): the baseline first, then one store per job line."""
+    stores = tmp_path / "stores"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"# fair_fight.py arguments\n--seeds 0 --recipes default --budgets none --out {stores}/a\n\n"
+                    f"--seeds 0 --recipes 'tp magnitude uniform' --budgets none --out {stores}/b\n")
+    cmd = ["bash", str(ROOT / "benchmarks" / "fair_fight_gpu.sh"), str(tmp_path / "work"), str(jobs), "300", "2"]
+    env = {**os.environ, "DEVICE": "cpu", "SEEDS": "0", "COMMON": "--smoke"}
+    stores.mkdir()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(line.split(" ", 1)[0] for line in proc.stdout.splitlines()) == ["done"] * 2 + ["start"] * 2
+    cells = {p.name: json.loads(p.read_text())["cells"] for p in stores.glob("*.json")}
+    assert {name: [c["recipe"] for c in rows] for name, rows in cells.items()} == {
+        "a.json": ["default"], "b.json": ["tp magnitude uniform"]}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    assert again.returncode == 0, again.stderr
+    assert not any("[1/" in p.read_text() for p in (tmp_path / "work").glob("job-*.log"))
+
+
 def test_quality_greedy_one_shot_stops_at_each_budget(tmp_path: Path) -> None:
     """Part (i) of a greedy setting: relevance re-estimated every 10% of MACs, a cell stored at each budget, for
     an allocation with a limit too (its policy read from the job config, as the entwined job reads it)."""
