@@ -43,6 +43,7 @@ def small_job_overrides(shards: dict[str, str], baseline: str | None, out_dir, *
         "model.checkpoint": baseline or "null", "run.out_dir": str(out_dir), "prune.steps": 2,
         "finetune.iters_per_step": 8, "finetune.final_iters": 8, "criterion.calibration_batches": 1,
         "criterion.steps": 2, "tracking.enabled": "false", "distributed.num_workers": 0,
+        "criterion.name": "singe",  # the mechanics tests exercise SInGE's all-reduced relevance, whatever demo.yaml names
         "finetune.distill_weight": 0,  # mechanics, not quality: no teacher pass unless a test asks for one
     }
     values.update({k.replace("__", "."): v for k, v in extra.items()})
