@@ -27,8 +27,9 @@ how channels are chosen (criterion and allocation) *and* how the pruned network 
   ``BasePruner`` (``MetaPruner``) with its ``GroupMagnitudeImportance(p=2)`` (uniform and global), its
   ``GroupTaylorImportance``, and DepGraph's ``GroupNormPruner`` with sparse learning (``reg=5e-4``, its
   README's ResNet-56 command, ``GroupMagnitudeImportance(p=2, normalizer='max')``, global). Pruning
-  is its progressive loop (``iterative_steps=400``, ``pruning_ratio=1.0`` with the per-group cap of
-  0.9, as in its ``prune_to_target_macs``), stopped, group by group in its ``interactive`` mode, at the
+  is its progressive loop (``iterative_steps=400``, ``pruning_ratio=1.0``, its default
+  ``max_pruning_ratio=1.0``, as in its ``prune_to_target_macs``; the first text of this protocol said a
+  cap of 0.9, which no cell used), stopped, group by group in its ``interactive`` mode, at the
   first group that reaches the MACs target, so every recipe lands on the target within one channel.
   They fine-tune with Torch-Pruning's benchmark recipe: SGD 0.01, momentum 0.9, weight decay 5e-4,
   the rate divided by 10 at 60% and 80% of the iterations, no distillation (sparse learning: the same
