@@ -12,8 +12,9 @@ how channels are chosen (criterion and allocation) *and* how the pruned network 
   top-1 is measured after every epoch and stored with the baseline (its *curve*). A baseline counts as
   converged when its last ``PLATEAU_EPOCHS`` epochs gained less than ``PLATEAU_GAIN`` top-1 on the
   development split; the table says for each seed whether it did. (The 1,000-iteration baselines of
-  protocol v1 were still learning: fine-tuning then continued training.) Checkpoints and curves are
-  committed (``docs/results/fair-baselines``), so a later session extends the grid on the same networks.
+  protocol v1 were still learning: fine-tuning then continued training.) The curves are committed in
+  ``docs/results/fair-baselines``; the checkpoints stay out of git (no binaries), so a session without
+  them retrains, and its cells go into stores of their own (a merge refuses mixed baselines).
 - **Budgets** are fractions of the baseline's training iterations: ``none`` (0: prune, re-estimate
   BatchNorm, evaluate), ``short`` (2%) and ``long`` (10%). A recipe's fine-tuning iterations, in every
   phase together, are exactly its budget; sparse learning before pruning is paid from the same budget
@@ -98,7 +99,7 @@ def train_converged(args: argparse.Namespace, data: dict[str, str], seed: int) -
 
     path = args.baselines / f"baseline-v2-seed{seed}.pt"
     summary_path = path.with_suffix(".json")
-    if summary_path.is_file():
+    if summary_path.is_file() and path.is_file():  # a fresh clone has the curve but not the checkpoint
         return path, json.loads(summary_path.read_text())
     epochs, per_epoch = args.baseline_epochs, args.epoch_iters
     config = job_config(args, data, seed, args.work / "unused", ["model.checkpoint=null"], val="dev")
@@ -414,7 +415,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--work", type=Path, help="shards and job folders")
     parser.add_argument("--baselines", type=Path, default=ROOT / "docs" / "results" / "fair-baselines",
-                        help="the converged baselines (committed: 1.1 MB each, so later sessions extend the same grid)")
+                        help="the converged baselines (checkpoints git-ignored, curves committed)")
     parser.add_argument("--out", type=Path, help="write OUT.json (every cell) and OUT.md (the table)")
     parser.add_argument("--merge", type=Path, nargs="+", help="only tabulate/plot the cells of these stores")
     parser.add_argument("--plot", type=Path, help="write a PNG of top-1 against MACs removed, one panel per budget")
@@ -424,7 +425,7 @@ def main() -> None:
         args.dataset, args.seeds, args.fractions = "digits", [0], [0.5]
         args.baseline_epochs, args.epoch_iters, args.batch_size = 2, 25, 32
         args.calibration_batches, args.path_points = 1, 2
-        args.baselines = args.work  # never the committed ones
+        args.baselines = args.work  # never the benchmark's own
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
     args.train_iters = args.baseline_epochs * args.epoch_iters
