@@ -311,7 +311,11 @@ def run_cells(args: argparse.Namespace, data: dict[str, str], store: Store) -> N
     start = time.perf_counter()
     for n, (seed, fraction, budget, label) in enumerate(todo, 1):
         path, base = train_converged(args, data, seed)
-        store.baselines[str(seed)] = {k: v for k, v in base.items() if k != "curve"} | {"curve": base["curve"]}
+        known = store.baselines.get(str(seed))
+        if known is not None and known["test_top1"] != base["test_top1"]:  # retrained: another network
+            raise SystemExit(f"fair_fight.py: {store.path} holds cells of another seed-{seed} baseline (test top-1 "
+                             f"{known['test_top1']}, not {base['test_top1']}): give this one a store of its own")
+        store.baselines[str(seed)] = base
         recipe, iters = RECIPES[label], budget_iters(args, budget)
         run = run_peer if recipe.peer else run_ours
         row = {"seed": seed, "recipe": label, "target": fraction, "budget": budget,
