@@ -51,7 +51,7 @@ def test_flagship_config_runs_through_ray_job_submit(ray_head, tmp_path) -> None
 
     report = json.loads((out / "run" / "report.json").read_text())
     assert report["world_size"] == 2 and report["config"]["model.arch"] == "resnet50"
-    assert report["config"]["prune.round_to"] == 8 and report["config"]["criterion.name"] == "singe"
+    assert report["config"]["prune.round_to"] == 8 and report["config"]["criterion.name"] == "magnitude"
     step = report["steps"][0]  # the config's 50% of the MACs in one step: at the target, within one unit
     assert step["macs"] <= step["target"] and step["target"] - step["macs"] < 8 * step["last_unit_cost"]
     assert len(report["peak_memory_mb"]["rss"]) == 2 and min(report["peak_memory_mb"]["rss"]) > 0
