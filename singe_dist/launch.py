@@ -44,7 +44,7 @@ def tracking_hint(config: JobConfig, report: dict[str, Any]) -> str | None:
     """How to open the run's MLflow dashboard (None without tracking), and whether tracking was lost."""
     if not config.tracking.enabled:
         return None
-    from singe_dist.tracking.mlflow_tracker import ui_hint
+    from singe_dist.tracking.store import ui_hint
 
     lost = " (incomplete: tracking was lost mid-run, see tracking_lost in report.json)" \
         if report.get("tracking_lost") else ""

@@ -106,7 +106,7 @@ def _output_paths(config: JobConfig) -> Iterator[tuple[str, str, str | None]]:
     uri, key = (config.tracking.uri, "tracking.uri") if config.tracking.uri \
         else (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI")
     if config.tracking.enabled and uri:
-        from singe_dist.tracking.mlflow_tracker import local_store_path
+        from singe_dist.tracking.store import local_store_path
 
         yield key, uri, local_store_path(uri)
 

@@ -29,17 +29,12 @@ from singe_dist.engine.loop import PruneJob
 from singe_dist.engine.run_dir import CHECKPOINT_NAME
 from singe_dist.errors import SingeError
 from singe_dist.models import build_model
+from singe_dist.report import final_metrics
 from singe_dist.tracking import NullTracker
-from singe_dist.tracking.mlflow_tracker import (
-    MlflowTracker,
-    final_metrics,
-    make_tracker,
-    redact,
-    resolve_uri,
-    safe_params,
-    ui_hint,
-)
+from singe_dist.tracking.mlflow_tracker import MlflowTracker, make_tracker
 from singe_dist.tracking.plots import accuracy_points, plot_accuracy_vs_macs, plot_channels, plot_relevance_histogram
+from singe_dist.tracking.redaction import redact, safe_params
+from singe_dist.tracking.store import resolve_uri, ui_hint
 
 from .support import DIGITS_SIZE, prune_argv, small_job_overrides
 from .mlflow_server import free_port, start_mlflow_server

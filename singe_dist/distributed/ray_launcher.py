@@ -291,7 +291,8 @@ def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[
     use_gpu = d.use_gpu == "true" or (d.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
     _check_resources(ray, config, use_gpu)
     if config.tracking.enabled:  # an unreachable tracking server fails here, not in a worker later
-        from singe_dist.tracking.mlflow_tracker import check_reachable, resolve_uri
+        from singe_dist.tracking.connect import check_reachable
+        from singe_dist.tracking.store import resolve_uri
 
         uri = resolve_uri(config)
         if uri.startswith(("http://", "https://")):
@@ -532,7 +533,7 @@ def _absolute_paths(config: JobConfig) -> None:
 
 def _driver_tags() -> dict[str, str]:
     """Tags only the driver knows: workers run in a copy of the working dir without .git."""
-    from singe_dist.tracking.mlflow_tracker import git_commit
+    from singe_dist.tracking.provenance import git_commit
 
     commit = git_commit()
     return {"mlflow.source.git.commit": commit} if commit else {}
