@@ -45,7 +45,8 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from singe_dist.data.convert import imagefolder_to_shards
-from singe_dist.data.shards import decode_rgb, shard_loader
+from singe_dist.data.shard_samples import decode_rgb
+from singe_dist.data.shards import shard_loader
 from singe_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 
 WEBDATASET = "webdataset shards (singe-dist reader)"

@@ -164,7 +164,7 @@ def measure_relevance(args: argparse.Namespace) -> dict:
     """(Subprocess.) ResNet-50 relevance on ``--images`` real images of the val shard: time and peak RSS."""
     import torch
 
-    from singe_dist.data.shards import decode_rgb
+    from singe_dist.data.shard_samples import decode_rgb
     from singe_dist.data.transforms import eval_transform
     from singe_dist.models import build_model
     from singe_dist.relevance.criteria import CriterionConfig, RelevanceSums, accumulate, path_points

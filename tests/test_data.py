@@ -28,7 +28,8 @@ from torchvision.datasets import ImageFolder
 from singe_dist.data import cli, shards
 from singe_dist.data.convert import imagefolder_to_shards, write_shards
 from singe_dist.data.digits import MEAN, STD, digits_tensors
-from singe_dist.data.shards import ShardDataset, resolve_rank, shard_loader, slot_parts
+from singe_dist.data.shard_slots import resolve_rank, slot_parts
+from singe_dist.data.shards import ShardDataset, shard_loader
 from singe_dist.data.transforms import eval_transform
 from singe_dist.errors import SingeError
 

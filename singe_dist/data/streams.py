@@ -28,7 +28,8 @@ import torch
 
 from singe_dist import interrupt
 from singe_dist.config import DataConfig
-from singe_dist.data.shards import ShardLoader, SkipCounter, expand_shards, shard_loader
+from singe_dist.data.shard_samples import SkipCounter
+from singe_dist.data.shards import ShardLoader, expand_shards, shard_loader
 from singe_dist.data.transforms import eval_transform, train_transform
 from singe_dist.errors import SingeError
 
