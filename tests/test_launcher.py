@@ -272,7 +272,7 @@ def test_a_ray_run_that_fails_beyond_max_failures_is_one_line() -> None:
     from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
     from singe_dist.config import load_config
-    from singe_dist.distributed.ray_launcher import _failure_line
+    from singe_dist.distributed.failures import failure_line as _failure_line
 
     config = load_config(DEMO_CONFIG, ["distributed.max_failures=1", "distributed.start_timeout_s=60"])
     died = WorkerHealthCheckFailedError("A worker health check failed.", ActorDiedError())

@@ -20,7 +20,6 @@ shows its own output and not Ray's.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import sys
@@ -35,6 +34,9 @@ from typing import Any
 from singe_dist import interrupt
 from singe_dist.config import JobConfig, config_from_dict, config_to_dict
 from singe_dist.data.shards import split_shard_list
+from singe_dist.distributed.failures import raise_if_failed
+from singe_dist.distributed.kv_relay import LogRelay, check_in, give_go, relay_log, wait_for_go
+from singe_dist.distributed.watchdog import StartWatchdog
 from singe_dist.engine.run_dir import CHECKPOINT_NAME, Position, prepare_run_dir
 from singe_dist.errors import SingeError
 
@@ -55,21 +57,17 @@ def _worker(loop_config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     token = loop_config.get("token")
     if token:
-        _kv_put(f"{token}/started/{rank}", f"{time.time()}")  # when this worker began (for launch_s)
+        check_in(token, rank)  # when this worker began (for launch_s)
     tracker = None
     if rank == 0 and config.tracking.enabled:  # (MLflow's import and store set-up overlap the driver's prepare)
         from singe_dist.tracking.mlflow_tracker import make_tracker
 
         tracker = make_tracker(config, rank)
-    if token:
-        if loop_config.get("wait_for_go"):  # the driver prepares the inputs while this worker group started
-            from ray.experimental.internal_kv import _internal_kv_get
-
-            while _internal_kv_get(f"{token}/go", namespace=_KV_NAMESPACE) is None:
-                time.sleep(0.2)
+    if token and loop_config.get("wait_for_go"):  # the driver prepares the inputs while this worker group started
+        wait_for_go(token)
     log: Callable[[str], None] = print
     if token and loop_config.get("relay_log") and rank == 0:
-        log = _LogRelay(token)
+        log = LogRelay(token)
     device = get_device()
     collective = TorchCollective(device)
     resume: bool | Path = bool(loop_config["resume"])
@@ -106,37 +104,6 @@ def _check_resources(ray_module: Any, config: JobConfig, use_gpu: bool) -> None:
         want = f"{d.num_workers} workers x {d.cpus_per_worker:g} CPU" + (" + 1 GPU each" if use_gpu else "")
         raise SingeError(f"the Ray cluster has {have}, not enough for distributed.num_workers: {want}; "
                          "lower distributed.num_workers or distributed.cpus_per_worker")
-
-
-_KV_NAMESPACE = "singe-dist"
-
-
-def _kv_put(key: str, value: str) -> None:
-    from ray.experimental.internal_kv import _internal_kv_put
-
-    _internal_kv_put(key, value, namespace=_KV_NAMESPACE)
-
-
-def _kv_keys(prefix: str) -> list[str]:
-    from ray.experimental.internal_kv import _internal_kv_list
-
-    return sorted(k.decode() for k in _internal_kv_list(prefix, namespace=_KV_NAMESPACE))
-
-
-class _LogRelay:
-    """Rank 0's ``log`` on a local runtime: print to the worker's log file, and hand the line to the driver."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.count = 0
-
-    def __call__(self, message: str) -> None:
-        print(message, flush=True)
-        try:  # keys sort by time, also across a restarted worker group; the driver deletes what it printed
-            _kv_put(f"{self.token}/log/{time.time_ns():020d}-{os.getpid()}-{self.count:09d}", message)
-            self.count += 1
-        except Exception:  # noqa: BLE001 - progress lines must never stop the job
-            pass
 
 
 def _loopback_interface() -> str | None:
@@ -190,7 +157,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
             ray.init(address=address, log_to_driver=True, configure_logging=False)
         else:
             # a local runtime for laptops and tests: loopback only, no dashboard, workers' output not
-            # echoed (rank 0's progress is relayed, see _LogRelay). Ray announces the token auth it
+            # echoed (rank 0's progress is relayed, see kv_relay.LogRelay). Ray announces the token auth it
             # turns on for a new local cluster; that is the expected state, not news for the user.
             # address="local": always a runtime of our own. Without it ray.init() joins the last
             # cluster `ray start` recorded in /tmp/ray/ray_current_cluster (someone else's, maybe busy
@@ -326,34 +293,22 @@ def _fit(ray: Any, config: JobConfig, resume: bool, local: bool, log: Callable[[
 
     # fit() runs in a thread, so this (main) thread keeps the signals and watches the start
     thread = threading.Thread(target=fit, name="singe-dist-fit", daemon=True)
-    t0, wall0 = time.perf_counter(), time.time()
+    watchdog = StartWatchdog(token, d, local)  # the start is timed from here, prepare included
     thread.start()
     if pending is not None:
         timings["prepare_s"] = pending.wait()
         for pattern in (config.data.train, config.data.val):
             expand_shards(pattern)
-        _kv_put(f"{token}/go", "1")
-    started = False
+        give_go(token)
     while thread.is_alive():
         thread.join(0.5)
         interrupt.check()
-        _relay(token, log)
-        if not started:
-            checked_in = _kv_keys(f"{token}/started/")
-            if len(checked_in) >= d.num_workers:
-                started = True
-                timings["workers_start_s"] = _last_check_in(checked_in) - wall0
-            elif time.perf_counter() - t0 > d.start_timeout_s and thread.is_alive():
-                cause = _start_failure_cause(ray, local)
-                raise SingeError(f"the {d.num_workers} Ray Train workers did not start within "
-                                 f"distributed.start_timeout_s={d.start_timeout_s:g} s ({cause}); check that the "
-                                 "workers' Python environment starts (docs/CLUSTER.md) or raise the timeout")
-    _relay(token, log)
-    error = outcome["error"] if "error" in outcome else outcome["result"].error
-    if error is not None:
-        if isinstance(error, SingeError) or not _is_training_failure(error):
-            raise error
-        raise SingeError(_failure_line(error, config)) from None
+        relay_log(token, log)
+        watchdog.poll(thread.is_alive)
+    relay_log(token, log)
+    if watchdog.workers_start_s is not None:
+        timings["workers_start_s"] = watchdog.workers_start_s
+    raise_if_failed(outcome["error"] if "error" in outcome else outcome["result"].error, config)
     report_path = run_dir / "report.json"
     if not report_path.is_file():
         raise SingeError(f"the Ray job ended without writing {report_path}")
@@ -387,27 +342,6 @@ class _Background:
         return self.seconds
 
 
-def _last_check_in(keys: list[str]) -> float:
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    return max(float(_internal_kv_get(key, namespace=_KV_NAMESPACE) or 0) for key in keys)
-
-
-def _relay(token: str, log: Callable[[str], None]) -> None:
-    """Print (and delete) rank 0's progress lines that arrived since the last call."""
-    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
-
-    try:
-        keys = _kv_keys(f"{token}/log/")
-        for key in keys:
-            value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
-            _internal_kv_del(key, namespace=_KV_NAMESPACE)
-            if value is not None:
-                log(value.decode())
-    except Exception:  # noqa: BLE001 - the runtime is going away: its last lines are in the workers' logs
-        return
-
-
 def _stop_ray(ray: Any, grace: float = 20.0) -> None:
     """Disconnect (a cluster: the controller this driver owns, and its workers, end) or stop the local
     runtime (raylet, GCS and every worker). Bounded: a shutdown that hangs ends the process."""
@@ -425,92 +359,9 @@ def _stop_ray(ray: Any, grace: float = 20.0) -> None:
         os._exit(1)
 
 
-_FIRST_LINE = re.compile(r"SingeError: (.+)")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    found = _FIRST_LINE.search(text)  # a user error raised in a worker keeps its own line
-    if found:
-        return found.group(1).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # a traceback's last line names the error; otherwise the first line does
-    if lines and lines[0].startswith("Traceback") or (len(lines) > 1 and lines[0].endswith(":")):
-        return lines[-1]
-    return lines[0] if lines else type(exc).__name__
-
-
-def _is_training_failure(error: BaseException) -> bool:
-    """Ray Train's own report of a failed run (``fit()`` raises it, or returns it in ``result.error``)."""
-    try:
-        from ray.train.v2.api.exceptions import TrainingFailedError
-    except ImportError:  # pragma: no cover - Ray Train v1
-        return hasattr(error, "worker_failures")
-    return isinstance(error, TrainingFailedError)
-
-
 def relays_output(config: JobConfig) -> bool:
     """Whether :func:`run_on_ray` prints rank 0's lines itself (a local runtime), summary table included."""
     return not (config.distributed.address or os.environ.get("RAY_ADDRESS"))
-
-
-def _failure_line(error: BaseException, config: JobConfig) -> str:
-    """One line for a failed Ray Train run: what Ray reported, and what to do."""
-    d = config.distributed
-    failures = getattr(error, "worker_failures", None)
-    cause = getattr(error, "controller_failure", None)
-    if cause is not None:
-        name = type(cause).__name__
-        if "Startup" in name:
-            return (f"the {d.num_workers} Ray Train workers could not be (re)started within "
-                    f"distributed.start_timeout_s={d.start_timeout_s:g} s (Ray: {name}: {_first_line(cause)}); "
-                    "check the cluster's free resources, or raise the timeout if it is scaling up")
-        return f"the Ray Train controller failed: {name}: {_first_line(cause)}"
-    if failures:
-        rank, exc = sorted(failures.items())[0]
-        line = _first_line(exc)
-        inner = getattr(exc, "health_check_failure", None)  # a worker process that died: what Ray saw
-        if inner is not None:
-            line = f"{line} ({type(inner).__name__}: {_first_line(inner)})"
-        if _FIRST_LINE.search(str(exc)):  # the job's own error, not a lost worker: say it as it is
-            return line
-        restarts = f"after {d.max_failures} restart(s) (distributed.max_failures)" if d.max_failures else \
-            "(distributed.max_failures=0: no restart)"
-        return (f"the Ray workers failed {restarts}; rank {rank}: {type(exc).__name__}: {line}; "
-                f"fix the cause and continue from the last checkpoint with --resume")
-    return f"the Ray job failed: {type(error).__name__}: {_first_line(error)}"
-
-
-def _start_failure_cause(ray: Any, local: bool) -> str:
-    """What Ray said about workers that do not start: the local runtime's logs, else the actors' state."""
-    if local:
-        try:
-            from ray._private.worker import _global_node
-
-            logs = Path(_global_node.get_logs_dir_path())
-            found = _worker_start_errors(logs)
-            if found:
-                return f"Ray: {found}"
-        except Exception:  # noqa: BLE001 - best effort, the timeout itself is the news
-            pass
-    return "no worker process checked in; Ray reported no error to this driver"
-
-
-def _worker_start_errors(logs: Path) -> str | None:
-    """The last error of a worker process that died while starting, from the raylet's logs."""
-    lines: list[str] = []
-    for name in ("raylet.err", "raylet.out"):
-        path = logs / name
-        if path.is_file():
-            lines += path.read_text(errors="replace").splitlines()
-    died = [line for line in lines if "have not registered within the timeout" in line]
-    errors = [line.strip() for line in lines if re.search(r"No such file|not found|Permission denied|Error", line)
-              and "have not registered" not in line]
-    if errors:
-        return errors[-1][:300]
-    if died:
-        return re.sub(r"^\[[^]]*\]\s*", "", died[-1]).strip()[:300]
-    return None
 
 
 def _local(path: str) -> bool:
