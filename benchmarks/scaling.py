@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.size, args.samples, args.batch, args.steps = 16, 16, 8, 2
-    from singe_dist.distributed.ray_launcher import connect
+    from singe_dist.distributed.ray_runtime import connect
     from singe_dist.report import format_table
 
     # a local runtime of our own on 127.0.0.1, as the job starts one (never someone else's `ray start`

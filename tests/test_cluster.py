@@ -333,7 +333,7 @@ def test_local_services_bind_loopback_and_the_local_head_uses_token_auth() -> No
     # the token's value only ever goes to its mode-600 file, never to the output
     uses = [line.strip() for line in code.splitlines() if re.search(r"\$\{?RAY_AUTH_TOKEN\b(?!_PATH)", line)]
     assert uses and all(re.search(r'> "\$TOKEN_PATH"', u) or u.startswith("if [[ -n") for u in uses), uses
-    launcher = (REPO_ROOT / "singe_dist" / "distributed" / "ray_launcher.py").read_text()
+    launcher = (REPO_ROOT / "singe_dist" / "distributed" / "ray_runtime.py").read_text()
     assert '_node_ip_address="127.0.0.1"' in launcher and "include_dashboard=False" in launcher
     # every MLflow server the tests start comes from the one helper, which binds the loopback address
     assert '"server", "--host", "127.0.0.1"' in (REPO_ROOT / "tests" / "mlflow_server.py").read_text()

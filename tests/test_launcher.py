@@ -301,7 +301,7 @@ def test_the_local_runtime_is_its_own_even_when_ray_start_recorded_a_cluster(tmp
     try:
         (ray_tmp / "ray").mkdir()
         (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
-        code = ("from singe_dist.distributed.ray_launcher import connect\n"
+        code = ("from singe_dist.distributed.ray_runtime import connect\n"
                 "ray = connect(None, num_cpus=1)\n"
                 "print('GCS', ray.get_runtime_context().gcs_address)\n"
                 "ray.shutdown()\n")
