@@ -40,7 +40,7 @@ from singe_dist.models import build_model
 from singe_dist.plan.cost import measure
 from singe_dist.plan.decide import Budget, prune_one_shot
 from singe_dist.plan.select import Policy
-from singe_dist.relevance.config import CriterionConfig
+from singe_dist.relevance.criterion_config import CriterionConfig
 from singe_dist.report import format_table
 
 NUM_CLASSES = 1000

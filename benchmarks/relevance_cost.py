@@ -90,7 +90,7 @@ def main() -> None:
     rows_per_pass = n * s
 
     cases = {
-        "singe group": (CriterionConfig(path="group", steps=s, max_rows=rows_per_pass), (0, 1),
+        "singe group": (CriterionConfig(name="singe", path="group", steps=s, max_rows=rows_per_pass), (0, 1),
                         [n * s] * len(groups)),
         "taylor": (CriterionConfig(name="taylor", max_rows=rows_per_pass), (0, 1), [n]),
     }
@@ -101,7 +101,7 @@ def main() -> None:
         total = n * pairs
         channel_rows += [rows_per_pass] * (total // rows_per_pass) + ([total % rows_per_pass] if total % rows_per_pass else [])
     cases[f"singe channel (1/{share} of pairs)"] = (
-        CriterionConfig(path="channel", steps=s, max_rows=rows_per_pass), (0, share), channel_rows)
+        CriterionConfig(name="singe", path="channel", steps=s, max_rows=rows_per_pass), (0, share), channel_rows)
 
     table = []
     for name, (config, channel_share, rows) in cases.items():
@@ -130,7 +130,7 @@ def prefix_reuse(args: argparse.Namespace, num_classes: int) -> None:
     for path, share in (("group", (0, 1)), ("channel", (0, args.channel_share))):
         timed, scores = {}, {}
         for reuse in (False, True):
-            config = CriterionConfig(path=path, steps=args.steps, prefix_reuse=reuse)
+            config = CriterionConfig(name="singe", path=path, steps=args.steps, prefix_reuse=reuse)
             best = float("inf")
             for _ in range(args.repeat):
                 start = time.perf_counter()

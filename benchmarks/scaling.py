@@ -44,7 +44,7 @@ def _worker(cfg: dict) -> None:
     share = slice(rank, None, world)  # this rank's samples
     batches = [(x[share][i:i + cfg["batch"]], y[share][i:i + cfg["batch"]])
                for i in range(0, len(x[share]), cfg["batch"])]
-    config = CriterionConfig(path="group", steps=cfg["steps"], max_rows=cfg["batch"] * cfg["steps"])
+    config = CriterionConfig(name="singe", path="group", steps=cfg["steps"], max_rows=cfg["batch"] * cfg["steps"])
     col.barrier()
     t0 = time.perf_counter()
     sums = accumulate(model, groups, batches, config)

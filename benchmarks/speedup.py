@@ -63,7 +63,7 @@ from singe_dist.models import build_model  # noqa: E402
 from singe_dist.plan.cost import measure  # noqa: E402
 from singe_dist.plan.decide import Budget, prune_one_shot  # noqa: E402
 from singe_dist.plan.select import Constraints, Policy  # noqa: E402
-from singe_dist.relevance.config import CriterionConfig  # noqa: E402
+from singe_dist.relevance.criterion_config import CriterionConfig  # noqa: E402
 from singe_dist.report import format_table  # noqa: E402
 
 NUM_CLASSES = 1000

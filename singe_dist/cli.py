@@ -17,10 +17,10 @@ from singe_dist.errors import SingeError
 
 
 # flag -> (CriterionConfig field, what it sets); a flag left out takes the config's criterion section
-# (--config/--set), else the CriterionConfig default. Choices and defaults come from relevance/config.py.
+# (--config/--set), else the CriterionConfig default. Choices and defaults come from relevance/criterion_config.py.
 _CRITERION_FLAGS = {
-    "criterion": ("name", "with --config/--set: the config's criterion.name (a job's default, {job}, if it "
-                  "names none); else"),
+    "criterion": ("name", "{builtin}, or your own as package.module:Class; with --config/--set, the config's "
+                  "criterion.name; default"),
     "path": ("path", "SInGE removal path"),
     "steps": ("steps", "SInGE quadrature points S"),
     "rule": ("rule", ""),
@@ -33,12 +33,13 @@ _CRITERION_FLAGS = {
 
 
 def _add_criterion_args(p: argparse.ArgumentParser) -> None:
-    from singe_dist.relevance.config import CHOICES, DEFAULTS
+    from singe_dist.relevance.criterion_config import CHOICES, DEFAULTS
 
     g = p.add_argument_group("criterion (default: the config's criterion section, else the values shown)")
-    job_default = _job_default_criterion()
+    from singe_dist.relevance.registry import BUILTIN
+
     for flag, (name, what) in _CRITERION_FLAGS.items():
-        what = what.format(job=job_default)
+        what = what.format(builtin=", ".join(BUILTIN))
         default = DEFAULTS[name]
         choices = list(CHOICES[name]) if name in CHOICES else None
         kind = type(default) if isinstance(default, int) else None
@@ -46,17 +47,10 @@ def _add_criterion_args(p: argparse.ArgumentParser) -> None:
                        help=f"{what} ({default})".lstrip())
 
 
-def _job_default_criterion() -> str:
-    """A job's default criterion, read from the config's dataclass so help text cannot drift from it."""
-    from singe_dist.config import CriterionSection
-
-    return CriterionSection.name
-
-
 def _criterion(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN202
     import dataclasses
 
-    from singe_dist.relevance.config import CriterionConfig
+    from singe_dist.relevance.criterion_config import CriterionConfig
 
     values = {f.name: getattr(base, f.name) for f in dataclasses.fields(CriterionConfig)} if base is not None else {}
     values.update({name: getattr(args, flag) for flag, (name, _what) in _CRITERION_FLAGS.items()
@@ -68,75 +62,78 @@ def cmd_relevance(args: argparse.Namespace) -> int:
     """Score every channel of every group and write them, with module names, as JSON."""
     import torch
 
-    from singe_dist.checkpoint import load_model
-    from singe_dist.data.digits import digits_tensors
-    from singe_dist.engine.train import tensor_batches
     from singe_dist.atomic import atomic_write_text
     from singe_dist.plan.removal_check import check_removal
-    from singe_dist.relevance.criteria import compute_relevance
+    from singe_dist.relevance.criteria import score
     from singe_dist.relevance.groups import example_input, find_groups
+    from singe_dist.relevance.registry import make_criterion
 
     job = _job_config(args) if (args.config or args.set) else None  # the job's model, shards and criterion
     if args.samples is not None and args.samples <= 0:
         raise SingeError(f"--samples must be > 0, got {args.samples}")
     config = _criterion(args, job.criterion if job else None)
-    checkpoint = args.checkpoint or (job.model.checkpoint if job else None)
-    if job is None:
-        model, arch, num_classes, _plan = load_model(args.checkpoint, args.model, args.num_classes)
-        size = args.image_size or 32
-        if args.data != "digits":
-            raise SingeError(f"unknown data {args.data!r}: use 'digits', or --config/--set with data.train shards")
-    else:
-        model, arch, num_classes, _plan = load_model(checkpoint,
-                                                     args.model or job.model.arch,
-                                                     args.num_classes or job.model.num_classes)
-        size = job.data.image_size
-        if args.image_size is not None and args.image_size != size:
-            raise SingeError(f"--image-size {args.image_size} differs from the config's data.image_size {size}: "
-                             "set data.image_size instead")
+    criterion = make_criterion(config)
+    model, arch, num_classes, size, checkpoint = _relevance_model(args, job)
     ignored = [*(job.model.ignored_layers if job else []), *args.ignore]
     groups = find_groups(model, example_input(model, (3, size, size)), ignored)
     t0 = time.perf_counter()
-    batches = None
-    if config.needs_data and job is None:
-        x, y = digits_tensors("train", size)
-        x, y = x[: args.samples or 256], y[: args.samples or 256]
-        batches = list(tensor_batches(x, y, args.batch_size or 64))
-    elif config.needs_data:  # fresh un-augmented batches of the job's training shards, as a pruning step reads
-        import math
-
-        from singe_dist.data.streams import DataStreams
-
-        job.data.batch_size = args.batch_size or job.data.batch_size
-        count = math.ceil(args.samples / job.data.batch_size) if args.samples else job.criterion.calibration_batches
-        batches = DataStreams(job.data, num_classes, seed=job.run.seed).calibration(0, count)
-        if args.samples:
-            batches = _first_samples(batches, args.samples)
-    samples = sum(len(b[1]) for b in batches) if batches else 0
+    batches, skipped = _relevance_batches(args, job, size, num_classes) if criterion.needs_data else (None, None)
     probe = batches[0][0] if batches else torch.randn(4, 3, size, size)  # the property holds for any input
     print(check_removal(model, groups, probe, (3, size, size)).line())
-    scores = compute_relevance(model, groups, batches, config)
+    scores = score(criterion, model, groups, batches)
     result = {
-        "model": arch,
-        "num_classes": num_classes,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "criterion": config.__dict__,
-        "samples": samples,
-        "data": (job.data.train if job else args.data) if config.needs_data else None,
+        "model": arch, "num_classes": num_classes, "checkpoint": str(checkpoint) if checkpoint else None,
+        "criterion": config.__dict__, "samples": sum(len(b[1]) for b in batches) if batches else 0,
+        "data": (job.data.train if job else args.data) if criterion.needs_data else None, "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 3),
-        "groups": {
-            g.id: {
-                "channels": g.size,
-                "members": sorted({m.name for m in g.members}),
-                "consumers": sorted({m.name for m in g.consumers}),
-                "scores": [float(v) for v in scores[g.id].to(torch.float64)],
-            }
-            for g in groups
-        },
+        "groups": {g.id: {"channels": g.size, "members": sorted({m.name for m in g.members}),
+                          "consumers": sorted({m.name for m in g.consumers}),
+                          "scores": [float(v) for v in scores[g.id].to(torch.float64)]} for g in groups},
     }
     atomic_write_text(args.out, json.dumps(result, indent=1))
     print(f"wrote relevance of {sum(g.size for g in groups)} channels in {len(groups)} groups to {args.out}")
     return 0
+
+
+def _relevance_model(args: argparse.Namespace, job):  # noqa: ANN001, ANN202
+    """The model ``relevance`` scores: the flags', else the job's; and its image size and checkpoint."""
+    from singe_dist.checkpoint import load_model
+
+    checkpoint = args.checkpoint or (job.model.checkpoint if job else None)
+    if job is None:
+        if args.data != "digits":
+            raise SingeError(f"unknown data {args.data!r}: use 'digits', or --config/--set with data.train shards")
+        model, arch, num_classes, _plan = load_model(args.checkpoint, args.model, args.num_classes)
+        return model, arch, num_classes, args.image_size or 32, checkpoint
+    size = job.data.image_size
+    if args.image_size is not None and args.image_size != size:
+        raise SingeError(f"--image-size {args.image_size} differs from the config's data.image_size {size}: "
+                         "set data.image_size instead")
+    model, arch, num_classes, _plan = load_model(checkpoint, args.model or job.model.arch,
+                                                 args.num_classes or job.model.num_classes)
+    return model, arch, num_classes, size, checkpoint
+
+
+def _relevance_batches(args: argparse.Namespace, job, size: int, num_classes: int):  # noqa: ANN001, ANN202
+    """Calibration batches and the count of damaged input skipped (None for the bundled digits): fresh
+    un-augmented batches of the job's training shards, as a pruning step reads them."""
+    if job is None:
+        from singe_dist.data.digits import digits_tensors
+        from singe_dist.engine.train import tensor_batches
+
+        x, y = digits_tensors("train", size)
+        return list(tensor_batches(x[: args.samples or 256], y[: args.samples or 256], args.batch_size or 64)), None
+    import math
+
+    from singe_dist.data.streams import DataStreams
+
+    job.data.batch_size = args.batch_size or job.data.batch_size
+    count = math.ceil(args.samples / job.data.batch_size) if args.samples else job.criterion.calibration_batches
+    streams = DataStreams(job.data, num_classes, seed=job.run.seed)
+    batches = streams.calibration(0, count)
+    skipped = streams.skipped()  # as a pruning job counts them: a truncated shard is read up to its break
+    print(f"data: {skipped} corrupt sample(s) or broken shard(s) skipped")
+    return (_first_samples(batches, args.samples) if args.samples else batches), skipped
 
 
 def _first_samples(batches: list, count: int) -> list:
@@ -223,18 +220,16 @@ def cmd_models(_args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="singe-dist", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML job config (defaults for every missing key)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set prune.remove_fraction=0.3 (repeatable)")
 
+
+def _add_relevance(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p = sub.add_parser("relevance", help="score every channel (per group) and write JSON")
     p.add_argument("--model", default=None, help="architecture name (see `singe-dist models`)")
     p.add_argument("--num-classes", type=int, default=None)
-    def job_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default=None, help="YAML job config (defaults for every missing key)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set prune.remove_fraction=0.3 (repeatable)")
-
     p.add_argument("--checkpoint", default=None, help="checkpoint or state dict (loaded with weights_only=True); "
                    "with --config/--set: default model.checkpoint")
     p.add_argument("--data", default="digits", help="calibration data without --config/--set: 'digits' (with "
@@ -245,29 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="(digits: 64; a config: data.batch_size)")
     p.add_argument("--ignore", action="append", default=[], help="module whose output channels stay (repeatable)")
     p.add_argument("--out", default="relevance.json")
-    job_args(p)
+    _job_args(p)
     _add_criterion_args(p)
     p.set_defaults(func=cmd_relevance)
 
-    from singe_dist.relevance.config import CRITERIA
 
-    job_default = _job_default_criterion()
-    *others, last = [c for c in CRITERIA if c != job_default]
-    p = sub.add_parser("prune", help=f"the main job: entwined pruning and fine-tuning (criterion.name: {job_default} "
-                       f"by default, {', '.join(others)} or {last})")
-    job_args(p)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="singe-dist", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_relevance(sub)
+
+    from singe_dist.relevance.registry import BUILTIN, DEFAULT
+
+    *others, last = [c for c in BUILTIN if c != DEFAULT]
+    p = sub.add_parser("prune", help=f"the main job: entwined pruning and fine-tuning (criterion.name: {DEFAULT} "
+                       f"by default, {', '.join(others)}, {last} or your own package.module:Class)")
+    _job_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("train", help="train a baseline model from shards")
-    job_args(p)
+    _job_args(p)
     p.add_argument("--out", required=True, help="checkpoint to write (fresh weights, or trained on from "
                    "model.checkpoint when that names another file)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a (pruned) checkpoint on the config's validation shards")
-    job_args(p)
+    _job_args(p)
     p.add_argument("--checkpoint", required=True)
     p.set_defaults(func=cmd_eval)
 
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="input side (default: the plan's input size)")
     p.set_defaults(func=cmd_export)
 
-    from singe_dist.data.cli import register as register_shards
+    from singe_dist.data.shards_cli import register as register_shards
 
     register_shards(sub)
 
@@ -305,7 +305,8 @@ def _resume_command(argv: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from singe_dist.interrupt import Interrupted, interruptible, resume_hint
+    from singe_dist.engine.run_dir import resume_hint
+    from singe_dist.interrupt import Interrupted, interruptible
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

@@ -13,14 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 
 from singe_dist.errors import SingeError
-from singe_dist.model_spec import is_import_spec, parse_import_spec
+from singe_dist.import_spec import is_import_spec, parse_import_spec
 from singe_dist.plan.limits import DEFAULT_ALLOCATION, LIMITS, check_allocation, check_limit
-from singe_dist.relevance.config import CriterionConfig, CriterionName
+from singe_dist.relevance.criterion_config import CriterionConfig
 
 
 @dataclass
@@ -63,16 +63,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class CriterionSection(CriterionConfig):
-    """The criterion (see :class:`CriterionConfig`) plus how a job feeds it.
+    """The criterion (see :class:`CriterionConfig`; its default, magnitude L2, is the registry's) plus how a
+    job feeds it."""
 
-    A job's default criterion is magnitude L2, not SInGE: it is the setting the quality benchmark's
-    fixed rule chose on the Fashion-MNIST development split (best top-1 after the job's fine-tuning,
-    3 seeds, 70% and 85% of MACs; docs/BENCHMARKS.md). SInGE stays the default of ``singe-dist
-    relevance`` run without ``--config``/``--set`` (with them it scores with the config's criterion), and
-    is one key away (``criterion.name: singe``), as in the shipped job configs.
-    """
-
-    name: CriterionName = "magnitude"
     calibration_batches: int = 4  # fresh batches per pruning step (per rank with split=data)
     split: Literal["data", "channels"] = "data"  # how ranks share relevance work (channels: path=channel only)
 
@@ -178,6 +171,17 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
+    # Validated once: load_config validates (train, eval), the entry point of a pruning job checks it
+    # (check_job), and what it hands on (the launcher, the Ray driver, each worker's PruneJob) is not
+    # checked again: a checked config says so. Not dataclass fields: neither logged nor compared.
+    _valid: ClassVar[bool] = False
+    _checked: ClassVar[bool] = False
+
+    @property
+    def checked(self) -> bool:
+        """Whether :meth:`check_job` passed on this config (or on the driver's, for a Ray worker's copy)."""
+        return self._checked
+
     def validate(self) -> JobConfig:
         """Range checks that types alone cannot express."""
         for key in LIMITS:  # the budget and what a group may lose: the rules Budget and Constraints apply
@@ -235,17 +239,23 @@ class JobConfig:
         # rules across keys (the criterion's own, e.g. replan needs name=singe, are CriterionConfig's)
         _check(self.criterion.split != "channels" or self.criterion.path == "channel", "criterion.split=channels",
                "needs criterion.path=channel", None)
+        self._valid = True
         return self
 
     def check_job(self) -> JobConfig:
         """:meth:`validate`, plus the rules only a pruning job needs (``train`` and ``eval`` ignore those
-        keys): checked before the job starts anything, so a Ray job refuses before any worker starts."""
-        self.validate()
+        keys): checked before the job starts anything, so a Ray job refuses before any worker starts.
+        Once: a checked config returns at once."""
+        if self._checked:
+            return self
+        if not self._valid:
+            self.validate()
         ft = self.finetune
         _check(ft.final_iters is not None or ft.final_epochs == 0 or self.data.train_samples is not None,
                "finetune.final_epochs", "needs data.train_samples (or set finetune.final_iters)", None)
         _check(ft.distill_weight == 0 or self.model.checkpoint is not None, "finetune.distill_weight > 0",
                "needs model.checkpoint: the unpruned model to distil from", None)
+        self._checked = True
         return self
 
 
@@ -355,9 +365,16 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     return config_from_dict(data)
 
 
-def config_from_dict(data: dict[str, Any]) -> JobConfig:
-    """A validated config from nested ``{section: {key: value}}`` (a YAML file's, or :func:`config_to_dict`'s)."""
-    return _build(JobConfig, data, "").validate()
+def config_from_dict(data: dict[str, Any], checked: bool = False) -> JobConfig:
+    """A validated config from nested ``{section: {key: value}}`` (a YAML file's, or :func:`config_to_dict`'s).
+
+    ``checked``: the dict is a checked job's (a Ray worker's copy of the driver's): built, not checked again.
+    """
+    config = _build(JobConfig, data, "")
+    if not checked:
+        return config.validate()
+    config._valid = config._checked = True
+    return config
 
 
 def config_to_dict(config: JobConfig) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 While :func:`interruptible` is active, SIGINT and SIGTERM raise :class:`Interrupted` (a
 ``KeyboardInterrupt``, so ``except Exception`` never swallows it) in the main thread. The job's own
 ``finally`` blocks and the launcher's clean-up (workers, the local Ray runtime) run; the CLI then
-prints :func:`resume_hint` and exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+prints :func:`singe_dist.engine.run_dir.resume_hint` and exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 
 Python raises a handler's exception in whatever Python code the main thread runs when the signal
 arrives. Inside a finalizer (a ``__del__``, a weakref callback, a generator closed by the garbage
@@ -21,7 +21,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -101,25 +100,3 @@ def reinstall() -> None:
     if threading.current_thread() is threading.main_thread():
         for s in SIGNALS:
             signal.signal(s, _raise)
-
-
-def resume_hint(run_dir: str | Path, command: str) -> str:
-    """One line: where the last checkpoint is and the command that continues the run."""
-    from singe_dist.engine.run_dir import CHECKPOINT_NAME
-
-    checkpoint = Path(run_dir) / CHECKPOINT_NAME
-    if not checkpoint.is_file():
-        return f"no checkpoint was written yet ({checkpoint}): run the same command again to start over"
-    step = _checkpoint_step(checkpoint)
-    where = f" (after step {step})" if step is not None else ""
-    return f"the last checkpoint {checkpoint}{where} is intact: continue with `{command} --resume`"
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    try:
-        import torch
-
-        position = torch.load(path, map_location="cpu", weights_only=True).get("position") or {}
-        return int(position["step"])
-    except Exception:  # noqa: BLE001 - the hint is best effort; --resume validates the file itself
-        return None

@@ -21,7 +21,7 @@ def launch_job(config: JobConfig, resume: bool = False, log: Callable[[str], Non
     ``prepare`` (the demo's shards and baseline) runs first in this process; with Ray workers, while
     the runtime and the worker group start. ``local_cpus``: CPUs of a local Ray runtime, if one starts.
     """
-    config.check_job()
+    config.check_job()  # the entry point of a pruning job (a checked config returns at once)
     if config.distributed.num_workers == 0:
         from singe_dist.engine.loop import PruneJob
         from singe_dist.tracking.mlflow_tracker import make_tracker

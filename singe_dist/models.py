@@ -18,10 +18,6 @@ Checkpoints (architecture name + plan + state dict) live in :mod:`singe_dist.che
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import traceback
 
 import torch
 import torchvision
@@ -29,7 +25,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from singe_dist.errors import SingeError
-from singe_dist.model_spec import is_import_spec, parse_import_spec
+from singe_dist.import_spec import is_import_spec, load_import_spec, where
 
 
 class DigitsResNet(nn.Module):
@@ -133,47 +129,16 @@ def build_model(name: str, num_classes: int = 1000) -> nn.Module:
 
 
 def _build_from_import_path(spec: str, num_classes: int) -> nn.Module:
-    """Import ``module`` (the working directory first on ``sys.path``) and call ``factory(num_classes=...)``."""
-    module_name, attr = parse_import_spec(spec)
-    cwd = os.getcwd()
-    if cwd not in sys.path:  # as `python -m` would: the job's own files (Ray: its --working-dir) come first
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):  # the module itself
-            raise SingeError(f"model {spec!r}: no module named {exc.name!r} in the working directory {cwd} "
-                             "or the installed packages") from None
-        raise SingeError(f"model {spec!r}: importing {module_name} failed: {_where(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - a syntax error or a failing import in the user's module
-        raise SingeError(f"model {spec!r}: importing {module_name} failed: {_where(exc)}") from None
-    factory = module
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            source = getattr(module, "__file__", None) or module_name
-            raise SingeError(f"model {spec!r}: {source} has no attribute {attr!r}")
-        factory = getattr(factory, part)
+    """Import the user's factory (:func:`~singe_dist.import_spec.load_import_spec`) and call it."""
+    factory = load_import_spec(spec, "model")
+    attr = spec.partition(":")[2]
     if not callable(factory):
         raise SingeError(f"model {spec!r}: {attr} is not callable (type {type(factory).__name__})")
     try:
         model = factory(num_classes=num_classes)
     except Exception as exc:  # noqa: BLE001 - the user's code: say where it failed, in one line
-        raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) raised {_where(exc)}") from None
+        raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) raised {where(exc)}") from None
     if not isinstance(model, nn.Module):
         raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) returned a {type(model).__name__}, "
                          "not a torch.nn.Module")
     return model
-
-
-def _where(exc: BaseException) -> str:
-    """``TypeError: ... (my_model.py:12)``: an exception and the innermost line it came from, in one line."""
-    text = " ".join(str(exc).split())
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]  # the user's side
-    if isinstance(exc, SyntaxError) and exc.filename:
-        place = f" ({os.path.basename(exc.filename)}:{exc.lineno})"
-        text = " ".join((exc.msg or "").split())
-    elif frames:
-        place = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
-    else:
-        place = ""
-    return f"{type(exc).__name__}{': ' + text if text else ''}{place}"

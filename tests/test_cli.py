@@ -16,7 +16,7 @@ from .support import run_cli
 def test_relevance_command_writes_scores_per_group_with_module_names(trained_digits_model, tmp_path) -> None:
     save_checkpoint(tmp_path / "base.pt", trained_digits_model, "digits_resnet", 10)
     out = tmp_path / "scores.json"
-    proc = run_cli("relevance", "--checkpoint", str(tmp_path / "base.pt"), "--image-size", "16", "--samples", "64",
+    proc = run_cli("relevance", "--criterion", "singe", "--checkpoint", str(tmp_path / "base.pt"), "--image-size", "16", "--samples", "64",
                    "--steps", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"removal self-check: gate-at-0 equals removal on 4 group\(s\) \(max relative difference "
@@ -74,25 +74,25 @@ def test_train_writes_the_baseline_its_config_names_and_then_refuses_to_overwrit
 
 
 def test_the_relevance_flags_take_the_criterions_own_choices_and_defaults() -> None:
-    """One definition (relevance/config.py): the CLI's choices and the defaults its help shows are read from it."""
+    """One definition (relevance/criterion_config.py, the names relevance/registry.py's): the CLI's choices and the
+    defaults its help shows are read from it, and the criterion has one default, a job's and the CLI's."""
     from singe_dist.cli import build_parser
-    from singe_dist.relevance.config import CHOICES, DEFAULTS
+    from singe_dist.config import CriterionSection
+    from singe_dist.relevance.criterion_config import CHOICES, DEFAULTS, CriterionConfig
+    from singe_dist.relevance.registry import BUILTIN, DEFAULT
 
     relevance = build_parser()._subparsers._group_actions[0].choices["relevance"]  # noqa: SLF001
     flags = {o.dest: o for o in relevance._actions}  # noqa: SLF001
-    assert tuple(flags["criterion"].choices) == CHOICES["name"] == ("singe", "taylor", "magnitude", "random")
+    assert flags["criterion"].choices is None  # a user's own "package.module:Class" is a name too
+    assert all(name in flags["criterion"].help for name in BUILTIN) and "package.module:Class" in flags["criterion"].help
     for field in ("path", "rule", "reduce", "loss", "norm"):
         assert tuple(flags[field].choices) == CHOICES[field]
     for dest, field in (("criterion", "name"), ("steps", "steps"), ("seed", "seed"), ("max_rows", "max_rows")):
         assert flags[dest].default is None and f"({DEFAULTS[field]})" in flags[dest].help
     args = build_parser().parse_args(["relevance", "--criterion", "taylor", "--steps", "3", "--norm", "1"])
     assert (args.criterion, args.steps, args.norm) == ("taylor", 3, 1)
-    # a job's default criterion, as the help of `relevance --criterion` and of `prune` name it, is the config's
-    from singe_dist.config import CriterionSection
-
-    job_default = CriterionSection.name
-    assert f"a job's default, {job_default}, if it names none" in flags["criterion"].help
+    assert CriterionSection.name == CriterionConfig.name == DEFAULTS["name"] == DEFAULT == "magnitude"
     prune_help = [a.help for a in build_parser()._subparsers._group_actions[0]._choices_actions  # noqa: SLF001
                   if a.dest == "prune"][0]
-    assert f"criterion.name: {job_default} by default" in prune_help
-    assert all(name in prune_help for name in CHOICES["name"])
+    assert f"criterion.name: {DEFAULT} by default" in prune_help
+    assert all(name in prune_help for name in BUILTIN)

@@ -12,6 +12,7 @@ import torch_pruning as tp
 
 from singe_dist.errors import SingeError
 from singe_dist.plan.plan import apply_step
+from singe_dist.relevance.registry import make_criterion
 from singe_dist.relevance.criteria import (
     CriterionConfig,
     RelevanceSums,
@@ -57,7 +58,7 @@ def test_completeness_tracks_measured_removal_and_error_shrinks_with_steps(train
 
     errors = {}
     for steps in (2, 32):
-        scores = accumulate(model, groups, [(x, y)], CriterionConfig(path="channel", steps=steps)).finalize("signed")
+        scores = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path="channel", steps=steps)).finalize("signed")
         estimate = np.concatenate([scores[g.id].numpy() for g in groups])
         errors[steps] = np.abs(estimate - measured).mean()
         if steps == 32:
@@ -68,11 +69,11 @@ def test_completeness_tracks_measured_removal_and_error_shrinks_with_steps(train
 @pytest.mark.parametrize(
     "config",
     [
-        CriterionConfig(path="group", steps=4),
-        CriterionConfig(path="channel", steps=3, rule="trapezoid"),
+        CriterionConfig(name="singe", path="group", steps=4),
+        CriterionConfig(name="singe", path="channel", steps=3, rule="trapezoid"),
         CriterionConfig(name="taylor"),
-        CriterionConfig(path="group", steps=2, loss="kl"),
-        CriterionConfig(path="group", steps=2, reduce="norm"),  # channel-path squares: the hand test
+        CriterionConfig(name="singe", path="group", steps=2, loss="kl"),
+        CriterionConfig(name="singe", path="group", steps=2, reduce="norm"),  # channel-path squares: the hand test
     ],
     ids=["singe-group", "singe-channel", "taylor", "singe-kl", "singe-group-norm"],
 )
@@ -93,16 +94,16 @@ def test_two_halves_accumulate_to_the_whole(trained_digits_model, digits_data, c
     flat = accumulate(model, groups, [(x[:17], y[:17])], config).flatten() + accumulate(
         model, groups, [(x[17:], y[17:])], config).flatten()
     again.load_flat(flat)
-    reduce = config.score_reduce
-    for gid, score in again.finalize(reduce).items():
-        assert _rel_err(score, whole.finalize(reduce)[gid]) < 1e-6
+    criterion = make_criterion(config)  # the criterion's own reading of the sums (Taylor: abs unless norm)
+    for gid, score in criterion.finalize(model, groups, again).items():
+        assert _rel_err(score, criterion.finalize(model, groups, whole)[gid]) < 1e-6
 
 
 def test_channel_shares_complete_each_other(trained_digits_model, digits_data) -> None:
     model = trained_digits_model
     x, y = digits_data["train"][0][:16], digits_data["train"][1][:16]
     groups = _groups(model, {"conv1", "layers.0.conv1"})
-    config = CriterionConfig(path="channel", steps=3)
+    config = CriterionConfig(name="singe", path="channel", steps=3)
     whole = accumulate(model, groups, [(x, y)], config)
     shares = [accumulate(model, groups, [(x, y)], config, channel_share=(r, 3)) for r in range(3)]
     shares[0].samples = shares[0].loss_sum = 0  # each share saw the same samples once in total
@@ -120,7 +121,7 @@ def test_taylor_is_the_singe_integrand_at_mu_one(trained_digits_model, digits_da
     x, y = digits_data["train"][0][:32], digits_data["train"][1][:32]
     groups = _groups(model)
     taylor = compute_relevance(model, groups, [(x, y)], CriterionConfig(name="taylor"))
-    singe = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=5, rule="trapezoid"))
+    singe = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path="group", steps=5, rule="trapezoid"))
     assert float(singe.points[-1]) == 1.0
     integrand = singe.integrand()
     for g in groups:
@@ -148,20 +149,20 @@ def test_norm_integrates_the_per_sample_gradient_rms_computed_by_hand(trained_di
 
     points, weights = path_points(3, "midpoint")
     by_hand = sum(float(w) * per_sample_grads(float(mu)).square().mean(0).sqrt() for mu, w in zip(points, weights))
-    sums = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3, reduce="norm", max_rows=7))
+    sums = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path="group", steps=3, reduce="norm", max_rows=7))
     assert _rel_err(sums.finalize("norm")[gid], by_hand) < 1e-5
-    signed = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3)).finalize("signed")[gid]
+    signed = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path="group", steps=3)).finalize("signed")[gid]
     assert (sums.finalize("norm")[gid] > signed.abs() * 1.5).any()  # not the signed mean: samples disagree
     fisher = compute_relevance(model, groups, [(x, y)], CriterionConfig(name="taylor", reduce="norm"))[gid]
     assert _rel_err(fisher, per_sample_grads(1.0).square().mean(0).sqrt()) < 1e-5
     # the channel path's end point mu = 1 is the same per-sample derivative, channel by channel
-    channel = accumulate(model, groups, [(x, y)], CriterionConfig(path="channel", steps=2, rule="trapezoid",
+    channel = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path="channel", steps=2, rule="trapezoid",
                                                                   reduce="norm", max_rows=50))
     assert _rel_err(channel.integrand()[gid][-1], fisher.square()) < 1e-5
     with pytest.raises(SingeError, match="reduce=signed"):
         sums.finalize("signed")
     with pytest.raises(SingeError, match="cannot merge"):
-        sums.merge(accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3)))
+        sums.merge(accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path="group", steps=3)))
 
 
 def test_output_norm_integrates_the_logit_gradient_norm_computed_by_hand(trained_digits_model, digits_data) -> None:
@@ -187,11 +188,11 @@ def test_output_norm_integrates_the_logit_gradient_norm_computed_by_hand(trained
     points, weights = path_points(3, "midpoint")
     by_hand = sum(float(w) * logit_grad_squares(float(mu)).mean(0).sqrt() for mu, w in zip(points, weights))
     for reuse in (True, False):
-        config = CriterionConfig(path="group", steps=3, reduce="norm", loss="output", max_rows=7, prefix_reuse=reuse)
+        config = CriterionConfig(name="singe", path="group", steps=3, reduce="norm", loss="output", max_rows=7, prefix_reuse=reuse)
         assert _rel_err(accumulate(model, groups, [(x, y)], config).finalize("norm")[gid], by_hand) < 1e-5
     unlabelled = accumulate(model, groups, [(x, torch.zeros_like(y))], config).finalize("norm")[gid]
     assert _rel_err(unlabelled, by_hand) < 1e-5
-    ce = accumulate(model, groups, [(x, y)], CriterionConfig(path="group", steps=3, reduce="norm")).finalize("norm")
+    ce = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path="group", steps=3, reduce="norm")).finalize("norm")
     assert _rel_err(ce[gid], by_hand) > 0.1  # not the loss's sensitivity
     taylor = compute_relevance(model, groups, [(x, y)], CriterionConfig(name="taylor", reduce="norm", loss="output"))
     assert _rel_err(taylor[gid], logit_grad_squares(1.0).mean(0).sqrt()) < 1e-5
@@ -206,7 +207,7 @@ def test_singe_group_path_sum_is_complete(trained_digits_model, digits_data) -> 
     model = trained_digits_model
     x, y = digits_data["train"][0][:32], digits_data["train"][1][:32]
     groups = _groups(model, {"layers.0.conv1"})
-    config = CriterionConfig(path="group", steps=32)
+    config = CriterionConfig(name="singe", path="group", steps=32)
     scores = accumulate(model, groups, [(x, y)], config).finalize()
     gid, size = groups[0].id, groups[0].size
     with torch.no_grad():
@@ -250,7 +251,7 @@ def test_relevance_leaves_the_model_as_it_was(trained_digits_model, digits_data)
     model = trained_digits_model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = digits_data["train"][0][:8], digits_data["train"][1][:8]
-    accumulate(model, _groups(model), [(x, y)], CriterionConfig(steps=2))
+    accumulate(model, _groups(model), [(x, y)], CriterionConfig(name="singe", steps=2))
     assert model.training
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
@@ -261,7 +262,7 @@ def test_relevance_leaves_the_model_as_it_was(trained_digits_model, digits_data)
 def test_prefix_reuse_gives_the_same_relevance(arch: str, path: str) -> None:
     """Running the network before a group's first consumer once per sample changes no score (to 1e-6)."""
     from singe_dist.models import build_model
-    from singe_dist.relevance.criteria import _PathEvaluator
+    from singe_dist.relevance.paths import PathEvaluator as _PathEvaluator
 
     torch.manual_seed(0)
     size = 16 if arch == "digits_resnet" else 28
@@ -269,9 +270,9 @@ def test_prefix_reuse_gives_the_same_relevance(arch: str, path: str) -> None:
     groups = find_groups(model, example_input(model, (3, size, size)))
     x, y = torch.randn(6, 3, size, size), torch.randint(0, 10, (6,))
     share = (1, 3) if path == "channel" else (0, 1)  # a third of the channel pairs keeps it quick
-    plain = accumulate(model, groups, [(x, y)], CriterionConfig(path=path, steps=2, prefix_reuse=False),
+    plain = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path=path, steps=2, prefix_reuse=False),
                        channel_share=share)
-    reused = accumulate(model, groups, [(x, y)], CriterionConfig(path=path, steps=2, max_rows=100),
+    reused = accumulate(model, groups, [(x, y)], CriterionConfig(name="singe", path=path, steps=2, max_rows=100),
                         channel_share=share)
     for gid in plain.sums:
         assert torch.equal(plain.counts[gid], reused.counts[gid])
@@ -280,7 +281,7 @@ def test_prefix_reuse_gives_the_same_relevance(arch: str, path: str) -> None:
     # the reuse is real: every group of these residual networks found a point after its prefix
     for p in model.parameters():
         p.requires_grad_(False)
-    evaluator = _PathEvaluator(model, groups, CriterionConfig(path=path))
+    evaluator = _PathEvaluator(model, groups, CriterionConfig(name="singe", path=path))
     points = {g.id: evaluator.expansion_point(g, x, y, None) for g in groups}
     names = {m: n for n, m in model.named_modules()}
     assert all(p is not None for p in points.values())
@@ -295,7 +296,7 @@ def test_planned_path_shares_add_up_to_the_joint_removal(trained_digits_model, d
     x, y = digits_data["train"][0][:128], digits_data["train"][1][:128]
     groups = find_groups(model, example_input(model, (3, DIGITS_SIZE, DIGITS_SIZE)))
     plan = {g.id: list(range(0, g.size, 3)) for g in groups[:3]}
-    shares = planned_scores(planned_path_sums(model, groups, [(x, y)], CriterionConfig(steps=32), plan), plan)
+    shares = planned_scores(planned_path_sums(model, groups, [(x, y)], CriterionConfig(name="singe", steps=32), plan), plan)
     for g in groups:
         planned = torch.zeros(g.size, dtype=torch.bool)
         planned[plan.get(g.id, [])] = True

@@ -25,7 +25,7 @@ import webdataset as wds
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from singe_dist.data import cli, shards
+from singe_dist.data import shards, shards_cli
 from singe_dist.data.convert import imagefolder_to_shards, write_shards
 from singe_dist.data.digits import MEAN, STD, digits_tensors
 from singe_dist.data.shard_slots import resolve_rank, slot_parts
@@ -124,7 +124,7 @@ def test_converter_is_atomic_and_leaves_no_stale_shards(tmp_path: Path) -> None:
 
 def test_cli_digits_shards_match_the_bundled_digits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
+    shards_cli.register(parser.add_subparsers())
     args = parser.parse_args(["shards", "--digits", "--out", str(tmp_path), "--size", "16", "--per-shard", "200"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out

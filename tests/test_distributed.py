@@ -25,15 +25,16 @@ from singe_dist.engine.loop import PruneJob
 from singe_dist.engine.train import recalibrate_batchnorm
 from singe_dist.errors import SingeError
 from singe_dist.plan.plan import Plan
-from singe_dist.relevance.criteria import CriterionConfig, accumulate
+from singe_dist.relevance.criteria import CriterionConfig, score
+from singe_dist.relevance.registry import make_criterion
 from singe_dist.relevance.groups import example_input, find_groups
 
 from .support import DEMO_CONFIG, DIGITS_SIZE, small_job_overrides
 
 CONFIGS = {
-    "singe-group": CriterionConfig(path="group", steps=3),
+    "singe-group": CriterionConfig(name="singe", path="group", steps=3),
     "taylor": CriterionConfig(name="taylor"),
-    "singe-channel": CriterionConfig(path="channel", steps=2, max_rows=1024),
+    "singe-channel": CriterionConfig(name="singe", path="channel", steps=2, max_rows=1024),
 }
 
 
@@ -50,9 +51,7 @@ def _relevance(checkpoint: str, val: str, name: str, rank: int, world: int, coll
         groups = [g for g in groups if g.id in ("conv1", "layers.0.conv1")]
         loader = [next(iter(loader))]
     share = (rank, world) if split_channels else (0, 1)
-    sums = accumulate(model, groups, loader, config, channel_share=share)
-    sums.load_flat(collective.all_reduce_sum(sums.flatten()))
-    return sums.finalize("abs" if config.name == "taylor" else "signed")
+    return score(make_criterion(config), model, groups, loader, collective.all_reduce_sum, share)
 
 
 def _bn_batches(val: str, rank: int, world: int) -> list:

@@ -223,7 +223,7 @@ def test_recalibrate_batchnorm_estimates_statistics_of_the_pruned_network(traine
     """After a removal, re-estimated BN statistics are the batch statistics of the data; nothing else moves."""
     from singe_dist.engine.train import evaluate, recalibrate_batchnorm, tensor_batches
     from singe_dist.plan.decide import Budget, prune_one_shot
-    from singe_dist.relevance.config import CriterionConfig
+    from singe_dist.relevance.criterion_config import CriterionConfig
 
     model = trained_digits_model
     x, y = digits_data["train"]

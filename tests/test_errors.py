@@ -44,7 +44,7 @@ def test_empty_calibration_data() -> None:
     model = build_model("digits_resnet", 10)
     groups = find_groups(model, example_input(model, (3, 16, 16)))
     with pytest.raises(SingeError) as exc:
-        compute_relevance(model, groups, [], CriterionConfig())
+        compute_relevance(model, groups, [], CriterionConfig(name="singe"))
     _one_line(exc, "calibration data is empty")
 
 

@@ -61,7 +61,7 @@ def test_a_supported_family_prunes_to_a_smaller_model_that_reloads_by_plan_repla
     x, y = torch.randn(2, *size), torch.tensor([1, 7])
     check_removal(model, find_groups(model, example_input(model, size)), x, size)  # raises if the path is wrong
     before = measure(model, size)
-    cheap = CriterionConfig(steps=1, prefix_reuse=False)  # one path point, one image: the suite's time budget
+    cheap = CriterionConfig(name="singe", steps=1, prefix_reuse=False)  # one path point, one image: the suite's time budget
     plan, selection = prune_one_shot(model, name, 10, size, [(x[:1], y[:1])], cheap, Budget("macs", 0.3))
     after = measure(model, size)
     assert after.macs < before.macs and after.params < before.params
@@ -180,8 +180,8 @@ def test_prefix_reuse_skips_a_module_whose_input_is_a_list_and_keeps_the_plain_r
     model, size = _Dense().eval(), (3, 8, 8)
     groups = find_groups(model, example_input(model, size))
     batch = [(torch.randn(6, *size), torch.randint(0, 10, (6,)))]
-    reused = compute_relevance(model, groups, batch, CriterionConfig(path="channel", steps=2))
-    plain = compute_relevance(model, groups, batch, CriterionConfig(path="channel", steps=2, prefix_reuse=False))
+    reused = compute_relevance(model, groups, batch, CriterionConfig(name="singe", path="channel", steps=2))
+    plain = compute_relevance(model, groups, batch, CriterionConfig(name="singe", path="channel", steps=2, prefix_reuse=False))
     for gid in plain:
         torch.testing.assert_close(reused[gid], plain[gid], rtol=1e-6, atol=1e-9)
 

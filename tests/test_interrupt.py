@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from torch import nn
     from singe_dist.engine.train import eval_sums, recalibrate_batchnorm, train_steps
     from singe_dist.interrupt import Interrupted, interruptible
-    from singe_dist.relevance.config import CriterionConfig
+    from singe_dist.relevance.criterion_config import CriterionConfig
     from singe_dist.relevance.criteria import accumulate
     from singe_dist.relevance.groups import find_groups
 
@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent("""
         "finetune": lambda b: train_steps(model, torch.optim.SGD(model.parameters(), lr=0.01), b, 40, 0.01),
         "evaluate": lambda b: eval_sums(model, b),
         "batchnorm": lambda b: recalibrate_batchnorm(model, b),
-        "relevance": lambda b: accumulate(model, groups, b, CriterionConfig(steps=2)),
+        "relevance": lambda b: accumulate(model, groups, b, CriterionConfig(name="singe", steps=2)),
     }
     for name, loop in loops.items():
         drawn = [0]

@@ -257,14 +257,14 @@ def test_replan_rescores_the_plan_along_its_joint_path(trained_digits_model, dig
     import copy
 
     from singe_dist.plan.decide import Budget, prune_one_shot
-    from singe_dist.relevance.config import CriterionConfig
+    from singe_dist.relevance.criterion_config import CriterionConfig
 
     x, y = digits_data["train"][0][:128], digits_data["train"][1][:128]
     plans = {}
     for rounds in (0, 2):
         model = copy.deepcopy(trained_digits_model)
         plan, selection = prune_one_shot(model, "digits_resnet", 10, INPUT, [(x, y)],
-                                         CriterionConfig(steps=4, replan=rounds), Budget("macs", 0.6))
+                                         CriterionConfig(name="singe", steps=4, replan=rounds), Budget("macs", 0.6))
         assert selection.reached
         plans[rounds] = plan.steps[0]
     assert plans[0] != plans[2]

@@ -26,7 +26,7 @@ INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 def test_plan_json_round_trip_and_replay_give_identical_outputs(trained_digits_model, digits_data, tmp_path) -> None:
     model = trained_digits_model
     x, y = digits_data["train"][0][:64], digits_data["train"][1][:64]
-    plan, _ = prune_one_shot(model, "digits_resnet", 10, INPUT, [(x, y)], CriterionConfig(steps=2), Budget("macs", 0.4))
+    plan, _ = prune_one_shot(model, "digits_resnet", 10, INPUT, [(x, y)], CriterionConfig(name="singe", steps=2), Budget("macs", 0.4))
     # a second step on the already pruned model: indices refer to the model at that time
     groups = find_groups(model, example_input(model, INPUT))
     scores = compute_relevance(model, groups, None, CriterionConfig(name="magnitude"))

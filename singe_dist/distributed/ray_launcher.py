@@ -60,7 +60,8 @@ def run_on_ray(config: JobConfig, resume: bool = False, local_cpus: int | None =
     :class:`singe_dist.interrupt.Interrupted` after a SIGINT/SIGTERM, once workers (and a local
     runtime) are stopped.
     """
-    config.check_job()  # a rule across keys refuses here, before Ray or any worker starts
+    if not config.checked:  # launch_job checks it: validated once, before Ray or any worker starts
+        raise SingeError("run_on_ray needs a checked job config: JobConfig.check_job() (launch_job does it)")
     if prepare is None:
         check_shards(config)
     _absolute_paths(config)  # workers run in a copy of the working directory, elsewhere

@@ -33,7 +33,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from singe_dist.engine.collective import TorchCollective
     from singe_dist.engine.loop import PruneJob
 
-    config = config_from_dict(loop_config["config"])
+    config = config_from_dict(loop_config["config"], checked=True)  # the driver's checked config, not re-checked
     torch.set_num_threads(config.distributed.torch_threads or max(1, int(config.distributed.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
     token = loop_config.get("token")

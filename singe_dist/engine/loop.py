@@ -67,7 +67,7 @@ class PruneJob:
         file (Ray Train hands restarted workers the last one it stored). ``run_dir_ready``: a launcher
         already checked and created the run directory (Ray restarts must not trip the overwrite guard).
         """
-        self.config = config.check_job()
+        self.config = config.check_job()  # at once when a launcher (or the Ray driver) checked it
         self.col = collective or LocalCollective()
         self.rank0 = self.col.rank == 0
         self.tracker = tracker if (tracker is not None and self.rank0) else NullTracker()

@@ -122,3 +122,23 @@ def write_run_outputs(run_dir: Path, plan: Plan, model: nn.Module, report: dict[
     plan.save(run_dir / "plan.json")
     save_checkpoint(run_dir / "pruned.pt", model, plan.arch, plan.num_classes, plan)
     write_report(run_dir, report)
+
+
+def resume_hint(run_dir: str | Path, command: str) -> str:
+    """One line: where the last checkpoint is and the command that continues the run."""
+    checkpoint = Path(run_dir) / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        return f"no checkpoint was written yet ({checkpoint}): run the same command again to start over"
+    step = _checkpoint_step(checkpoint)
+    where = f" (after step {step})" if step is not None else ""
+    return f"the last checkpoint {checkpoint}{where} is intact: continue with `{command} --resume`"
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        import torch
+
+        position = torch.load(path, map_location="cpu", weights_only=True).get("position") or {}
+        return int(position["step"])
+    except Exception:  # noqa: BLE001 - the hint is best effort; --resume validates the file itself
+        return None

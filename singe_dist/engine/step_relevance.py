@@ -20,8 +20,9 @@ from singe_dist.engine.collective import Collective
 from singe_dist.engine.faults import NoFaults
 from singe_dist.engine.train import recalibrate_batchnorm
 from singe_dist.plan.removal_check import check_removal
-from singe_dist.relevance.criteria import accumulate, compute_relevance, planned_path_sums, planned_scores
+from singe_dist.relevance.criteria import rescore, score
 from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
+from singe_dist.relevance.registry import make_criterion
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -34,7 +35,7 @@ class StepRelevance:
         self.config, self.col, self.streams, self.faults, self.input_size = config, col, streams, faults, input_size
         self.log = log
         self.removal_checked = False  # the self-check runs before the job's first relevance (also after a resume)
-        self.criterion = config.criterion
+        self.criterion = make_criterion(config.criterion)
         self.split_channels = config.criterion.split == "channels"
         # split=channels: every rank reads the same calibration batches (rank 0 of 1's stream)
         self.relevance_streams = (DataStreams(config.data, config.model.num_classes, 0, 1, config.run.seed)
@@ -57,32 +58,22 @@ class StepRelevance:
         if not self.removal_checked:  # each rank checks its own first calibration batch: no collective needed
             # read as many batches as this step's relevance or BN re-estimation will, so the cache serves them
             # and no batch is decoded twice
-            need = self.criterion.calibration_batches if self.criterion.needs_data and not self.split_channels else 0
+            need = self.config.criterion.calibration_batches if self.criterion.needs_data and not self.split_channels else 0
             batches = self.calibration(self.streams, step, max(1, need, self.config.prune.bn_batches))
             x = batches[0][0].to(next(model.parameters()).device)
             self.log(check_removal(model, groups, x, self.input_size).line())
             self.removal_checked = True
-        if not self.criterion.needs_data:
-            scores = compute_relevance(model, groups, None, self.criterion)
-            self.faults.check("relevance", step + 1)
-            return groups, scores
-        share = (self.col.rank, self.col.world_size) if self.split_channels else (0, 1)  # channels shared out, or data
-        batches = self.calibration(self.relevance_streams, step, self.criterion.calibration_batches)
-        sums = accumulate(model, groups, batches, self.criterion, channel_share=share)
         self.faults.check("relevance", step + 1)
-        sums.load_flat(self.col.all_reduce_sum(sums.flatten()))
-        if self.split_channels:  # the same samples were counted by every rank
-            sums.samples //= self.col.world_size
-            sums.loss_sum /= self.col.world_size
-        return groups, sums.finalize(self.criterion.score_reduce)
+        share = (self.col.rank, self.col.world_size) if self.split_channels else (0, 1)  # channels shared out, or data
+        batches = (self.calibration(self.relevance_streams, step, self.config.criterion.calibration_batches)
+                   if self.criterion.needs_data else None)
+        return groups, score(self.criterion, model, groups, batches, self.col.all_reduce_sum, share)
 
     def rescore(self, model: nn.Module, groups: list[ChannelGroup], plan: dict[str, list[int]],
                 step: int) -> dict[str, torch.Tensor]:
         """The planned channels' shares of the plan's joint removal (``criterion.replan``), all-reduced."""
-        batches = self.calibration(self.relevance_streams, step, self.criterion.calibration_batches)
-        sums = planned_path_sums(model, groups, batches, self.criterion, plan)
-        sums.load_flat(self.col.all_reduce_sum(sums.flatten()))  # ratios: the same whichever way ranks share data
-        return planned_scores(sums, plan)
+        batches = self.calibration(self.relevance_streams, step, self.config.criterion.calibration_batches)
+        return rescore(self.criterion, model, groups, batches, plan, self.col.all_reduce_sum)
 
     def recalibrate(self, model: nn.Module, step: int) -> None:
         """Re-estimate BatchNorm statistics after a removal (``prune.bn_batches``), identical on every rank."""

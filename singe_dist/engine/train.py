@@ -115,8 +115,11 @@ def recalibrate_batchnorm(
             m.num_batches_tracked.copy_(tracked)
         model.train(was_training)
     flat = torch.cat([sums[m].flatten() for m in norms] + [torch.tensor([float(count)], dtype=torch.float64)])
-    if all_reduce_sum is not None:
-        flat = all_reduce_sum(flat)
+    return _set_statistics(norms, all_reduce_sum(flat) if all_reduce_sum is not None else flat)
+
+
+def _set_statistics(norms: list[nn.modules.batchnorm._BatchNorm], flat: torch.Tensor) -> int:
+    """Each layer's running mean and variance from the (all-reduced) sums; the number of batches."""
     total = int(round(float(flat[-1])))
     if total == 0:
         raise SingeError("BatchNorm re-estimation read no batch: the calibration data is empty")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -13,8 +14,10 @@ from singe_dist.plan.cost import CostModel, Footprint, measure
 from singe_dist.plan.limits import check_limit, check_metric
 from singe_dist.plan.plan import Plan, apply_step
 from singe_dist.plan.select import Policy, Selection, select_channels
-from singe_dist.relevance.criteria import CriterionConfig, compute_relevance, planned_path_sums, planned_scores
+from singe_dist.relevance.criterion_config import CriterionConfig
+from singe_dist.relevance.criteria import rescore, score
 from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
+from singe_dist.relevance.registry import make_criterion
 
 
 @dataclass(frozen=True)
@@ -94,17 +97,15 @@ def prune_one_shot(
         raise SingeError(f"the selection policy counts {policy.metric} but the budget counts {budget.metric}")
     original = measure(model, input_size)
     groups = find_groups(model, example_input(model, input_size), ignored_layers)
+    scorer = make_criterion(criterion)
+    batches = list(calibration) if calibration is not None else None
     if scores is None:
-        scores = compute_relevance(model, groups, calibration, criterion)
-    rescore = None
-    if criterion.replan and calibration is not None:
-        batches = list(calibration)
-
-        def rescore(plan: dict[str, list[int]]) -> Mapping[str, torch.Tensor]:
-            return planned_scores(planned_path_sums(model, groups, batches, criterion, plan), plan)
-
+        scores = score(scorer, model, groups, batches)
+    replan = None
+    if criterion.replan and batches is not None:
+        replan = partial(rescore, scorer, model, groups, batches)
     selection = decide_and_remove(
-        model, groups, scores, input_size, budget.target(original), policy, rescore=rescore, rounds=criterion.replan,
+        model, groups, scores, input_size, budget.target(original), policy, rescore=replan, rounds=criterion.replan,
     )
     plan = Plan(arch=arch, num_classes=num_classes, input_size=input_size, steps=[selection.channels])
     return plan, selection

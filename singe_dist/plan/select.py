@@ -102,6 +102,39 @@ def _units(group_id: str, scores: torch.Tensor, round_to: int, max_remove: int) 
     return units
 
 
+class Allocation:
+    """How many channels each group loses: the order in which removal units of all groups are taken.
+
+    :meth:`key` orders one unit (lower goes first); ties are broken by (group id, first channel) so every
+    rank takes the same decision. ``prune.allocation`` names one of :data:`ALLOCATIONS`.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int) -> float:
+        raise NotImplementedError
+
+
+class Uniform(Allocation):
+    """Every group loses the same fraction of its original width; scores only choose inside a group."""
+
+    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int) -> float:
+        return gone / reference
+
+
+class Global(Allocation):
+    """All groups' units by score: per channel, or per unit of cost saved (``normalize_by_cost``)."""
+
+    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int) -> float:
+        if self.policy.normalize_by_cost:
+            return unit_score / max(1, unit_cost * len(members))
+        return unit_score / len(members)
+
+
+ALLOCATIONS: dict[str, type[Allocation]] = {"uniform": Uniform, "global": Global}  # names: plan/limits.py
+
+
 def select_channels(
     scores: Mapping[str, torch.Tensor],
     cost: CostModel,
@@ -110,52 +143,27 @@ def select_channels(
 ) -> Selection:
     """Choose channels to remove until the model's ``policy.metric`` ('macs' or 'params') is <= ``target``.
 
-    ``scores`` maps group id to one relevance per channel of the current model (higher = keep).
-    ``policy.allocation``: ``global`` orders removal units by score (per channel, or per unit of cost);
-    ``uniform`` by the fraction of the group's original width removed once the unit is gone, so
-    every group loses the same fraction and the scores only pick the channels inside a group.
+    ``scores`` maps group id to one relevance per channel of the current model (higher = keep); the
+    policy's allocation (:data:`ALLOCATIONS`) orders the removal units of all groups.
     """
-    metric, constraints = policy.metric, policy.constraints
+    metric = policy.metric
     unknown = [g for g in scores if g not in cost._groups_of_layer]  # noqa: SLF001
     if unknown:
         raise SingeError(f"relevance names group {unknown[0]!r}, which the model does not have")
-    current = cost.footprint().get(metric)
     selection = Selection(target=target, macs=cost.macs, params=cost.params)
-    if current <= target:
+    if cost.footprint().get(metric) <= target:
         selection.reached = True
         return selection
+    allocation = ALLOCATIONS[policy.allocation](policy)
     per_channel = cost.channel_costs()
-    candidates = []
-    for gid in sorted(scores):
-        s = scores[gid].detach().double().cpu()
-        if not torch.isfinite(s).all():
-            raise SingeError(f"relevance of group {gid!r} is not finite")
-        size = len(s)
-        reference = (policy.original_sizes or {}).get(gid, size)
-        keep = max(constraints.min_keep, math.ceil(constraints.min_keep_fraction * reference))
-        if constraints.round_to > 1:
-            keep = max(constraints.round_to, math.ceil(keep / constraints.round_to) * constraints.round_to)
-        removed_before = max(0, reference - size)
-        cap = math.floor(constraints.max_remove_fraction * reference + 1e-9) - removed_before
-        max_remove = max(0, min(size - keep, cap))
-        unit_cost = per_channel[gid][0 if metric == "macs" else 1]
-        gone = removed_before
-        for unit_score, members in _units(gid, s, constraints.round_to, max_remove):
-            gone += len(members)
-            if policy.allocation == "uniform":
-                key = gone / reference
-            elif policy.normalize_by_cost:
-                key = unit_score / max(1, unit_cost * len(members))
-            else:
-                key = unit_score / len(members)
-            candidates.append((key, gid, min(members), members))
+    candidates = [c for gid in sorted(scores)
+                  for c in _group_candidates(gid, scores[gid], policy, allocation, per_channel[gid][0 if metric == "macs" else 1])]
     candidates.sort(key=lambda c: (c[0], c[1], c[2]))
     # units of one group must go in order (each unit assumes the previous ones are gone)
     taken: dict[str, int] = {}
     pending = {gid: [c for c in candidates if c[1] == gid] for gid in scores}
-    for _key, gid, _first, members in candidates:
-        queue = pending[gid]
-        unit = queue[taken.get(gid, 0)]  # next unit of this group in its own order
+    for _key, gid, _first, _members in candidates:
+        unit = pending[gid][taken.get(gid, 0)]  # next unit of this group in its own order
         taken[gid] = taken.get(gid, 0) + 1
         saved_macs, saved_params = cost.remove(gid, len(unit[3]))
         selection.channels.setdefault(gid, []).extend(unit[3])
@@ -167,3 +175,23 @@ def select_channels(
     for gid in selection.channels:
         selection.channels[gid] = sorted(selection.channels[gid])
     return selection
+
+
+def _group_candidates(gid: str, scores: torch.Tensor, policy: Policy, allocation: Allocation,
+                      unit_cost: int) -> list[tuple[float, str, int, list[int]]]:
+    """A group's removal units the constraints allow, each as (allocation key, group, first channel, channels)."""
+    s = scores.detach().double().cpu()
+    if not torch.isfinite(s).all():
+        raise SingeError(f"relevance of group {gid!r} is not finite")
+    constraints, size = policy.constraints, len(s)
+    reference = (policy.original_sizes or {}).get(gid, size)
+    keep = max(constraints.min_keep, math.ceil(constraints.min_keep_fraction * reference))
+    if constraints.round_to > 1:
+        keep = max(constraints.round_to, math.ceil(keep / constraints.round_to) * constraints.round_to)
+    removed_before = max(0, reference - size)
+    cap = math.floor(constraints.max_remove_fraction * reference + 1e-9) - removed_before
+    gone, candidates = removed_before, []
+    for unit_score, members in _units(gid, s, constraints.round_to, max(0, min(size - keep, cap))):
+        gone += len(members)
+        candidates.append((allocation.key(unit_score, members, gone, reference, unit_cost), gid, min(members), members))
+    return candidates

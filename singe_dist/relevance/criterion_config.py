@@ -1,8 +1,8 @@
 """How relevance is computed: the criterion's settings, free of torch so configs load in a blink.
 
-The one definition of the criterion's names, choices and defaults: :class:`CriterionConfig`'s fields.
-The job config extends it (``config.CriterionSection``), the CLI builds its flags from :data:`CHOICES`
-and :data:`DEFAULTS`, and the engine asks :attr:`CriterionConfig.score_reduce` how scores are reduced.
+The one definition of the criterion's keys, choices and defaults: :class:`CriterionConfig`'s fields
+(the names themselves are :mod:`singe_dist.relevance.registry`'s). The job config extends it
+(``config.CriterionSection``) and the CLI builds its flags from :data:`CHOICES` and :data:`DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from singe_dist.errors import SingeError
+from singe_dist.relevance.registry import BUILTIN, DEFAULT, check_criterion
 
 
-CriterionName = Literal["singe", "taylor", "magnitude", "random"]
 MAX_OUTPUT_CLASSES = 100  # loss=output evaluates one row per class and sample
 
 
 @dataclass(frozen=True)
 class CriterionConfig:
-    """How relevance is computed. Defaults follow the design notes (S = 8, midpoint rule)."""
+    """How relevance is computed. SInGE's defaults follow the design notes (S = 8, midpoint rule).
 
-    name: CriterionName = "singe"
+    ``name``: a built-in (:data:`~singe_dist.relevance.registry.BUILTIN`) or your own
+    ``"package.module:Class"``; the keys a criterion does not read are ignored by it.
+    """
+
+    name: str = DEFAULT
     path: Literal["group", "channel"] = "group"
     steps: int = 8
     rule: Literal["midpoint", "trapezoid"] = "midpoint"
@@ -47,8 +51,8 @@ class CriterionConfig:
                 raise SingeError(f"criterion {key} must be one of {', '.join(map(str, allowed))}; got {getattr(self, key)!r}")
         if self.steps < 1 or (self.rule == "trapezoid" and self.steps < 2):
             raise SingeError(f"criterion steps must be >= 1 (>= 2 for trapezoid), got {self.steps}")
-        if self.replan < 0 or (self.replan and self.name != "singe"):
-            raise SingeError(f"criterion replan must be >= 0 and needs name=singe, got {self.replan} with {self.name}")
+        if self.replan < 0:  # which criteria re-plan is theirs to say (Criterion.replans)
+            raise SingeError(f"criterion replan must be >= 0, got {self.replan}")
         if self.replan and self.reduce == "norm":
             raise SingeError("criterion replan shares a joint loss change (signed); it cannot be used with reduce=norm")
         if self.loss == "output" and self.reduce != "norm":
@@ -56,16 +60,7 @@ class CriterionConfig:
                              f"it needs reduce=norm, got reduce={self.reduce}")
         if self.max_rows < 1:
             raise SingeError(f"criterion max_rows must be >= 1, got {self.max_rows}")
-
-    @property
-    def needs_data(self) -> bool:
-        return self.name in ("singe", "taylor")
-
-    @property
-    def score_reduce(self) -> str:
-        """How the path derivatives become scores. Taylor is the |first-order term| unless ``reduce=norm``,
-        where it is the per-sample RMS at mu = 1 (the square root of Fisher pruning, SInGE norm's single point)."""
-        return "abs" if self.name == "taylor" and self.reduce != "norm" else self.reduce
+        check_criterion(self)  # last: a criterion of its own reads keys already checked
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:
@@ -77,4 +72,4 @@ def _choices() -> dict[str, tuple[Any, ...]]:
 # field -> allowed values (the fields typed Literal), and field -> default: read by the CLI's flags
 CHOICES: dict[str, tuple[Any, ...]] = _choices()
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(CriterionConfig)}
-CRITERIA: tuple[str, ...] = CHOICES["name"]
+CRITERIA: tuple[str, ...] = tuple(BUILTIN)
