@@ -190,6 +190,10 @@ RECIPES = {r.label: r for r in (
     # SInGE's best setting of protocol v1 (group path, per-sample norm, distilled), on the new baselines
     Recipe("singe norm", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm",
                           "prune.allocation=uniform", *DISTILL, "finetune.lr=0.02")),
+    # SInGE's per-weight reading (issue 28; singe_dist/relevance/weights.py), registered 2026-12-07 18:05 UTC
+    # before any cell: the L2 norm of the weights' integrated-gradient attributions, the default recipe otherwise
+    Recipe("singe weights", ("criterion.name=singe_weights", "criterion.path=group", "criterion.norm=2",
+                             "prune.allocation=uniform", *DISTILL, "finetune.lr=0.02")),
 )}
 STEPS = 3  # our rows' pruning steps; 10% of the budget after each, the rest at the end (v1's 3 x 25 + 200)
 

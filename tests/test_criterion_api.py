@@ -71,7 +71,7 @@ def test_a_job_prunes_with_a_criterion_defined_in_a_test_module(digits_shards, d
 
 
 @pytest.mark.parametrize(("name", "words"), [
-    ("gradcam", ["criterion.name must be one of", "magnitude, singe, taylor, random", "'gradcam'"]),
+    ("gradcam", ["criterion.name must be one of", "magnitude, singe, singe_weights, taylor, random", "'gradcam'"]),
     ("tests.test_criterion_api:NotACriterion", ["is not a subclass of", "Criterion"]),
     ("tests.test_criterion_api:Missing", ["has no attribute 'Missing'"]),
     ("tests.no_such_module:X", ["no module named 'tests.no_such_module'"]),

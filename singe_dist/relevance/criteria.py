@@ -55,10 +55,11 @@ from singe_dist.relevance.paths import (
 )
 from singe_dist.relevance.registry import make_criterion
 from singe_dist.relevance.sums import RelevanceSums, path_points
+from singe_dist.relevance.weights import WeightSums, accumulate_weights
 
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["Criterion", "CriterionConfig", "Magnitude", "Random", "RelevanceSums", "SInGE", "Taylor", "accumulate",
+__all__ = ["Criterion", "CriterionConfig", "Magnitude", "Random", "RelevanceSums", "SInGE", "SInGEWeights", "Taylor", "accumulate",
            "compute_relevance", "path_points", "rescore", "score"]
 
 
@@ -139,6 +140,26 @@ class Taylor(_PathCriterion):
     @property
     def reduce(self) -> str:
         return "norm" if self.config.reduce == "norm" else "abs"
+
+
+class SInGEWeights(Criterion):
+    """SInGE's per-weight reading (:mod:`singe_dist.relevance.weights`): the L1 or L2 norm
+    (``criterion.norm``) of the integrated-gradient attributions of the weights that read a channel."""
+
+    needs_data = True
+
+    def accumulate(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches,
+                   sums: WeightSums | None = None, channel_share: tuple[int, int] = (0, 1),  # type: ignore[override]
+                   progress: object | None = None) -> WeightSums:
+        if channel_share[1] > 1:
+            raise SingeError("criterion singe_weights shares data between ranks, not channels: use split=data")
+        return accumulate_weights(model, groups, batches, self.config, sums)
+
+    def finalize(self, model: nn.Module, groups: Sequence[ChannelGroup], sums: WeightSums | None) -> Scores:  # type: ignore[override]
+        if sums is None:
+            raise SingeError(f"criterion {self.config.name!r} needs calibration data")
+        return {gid: torch.stack([a.norm(p=self.config.norm) for a in per_channel])
+                for gid, per_channel in sums.attributions().items()}
 
 
 def score(criterion: Criterion, model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None,

@@ -189,7 +189,7 @@ def walk(
     if sums.squared != (config.reduce == "norm"):
         raise SingeError(f"relevance sums to add to do not match criterion reduce={config.reduce}")
     evaluator = PathEvaluator(model, groups, config)
-    with _frozen(model):
+    with frozen(model):
         for x, y in batches:
             x, y = x.to(evaluator.device, non_blocking=True), y.to(evaluator.device, non_blocking=True)
             teacher = None
@@ -212,7 +212,7 @@ def walk(
 
 
 @contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
+def frozen(model: nn.Module) -> Iterator[None]:
     """Eval mode (BatchNorm on running statistics: the deployed function) and frozen weights, restored after."""
     was_training = model.training
     requires = [p.requires_grad for p in model.parameters()]
@@ -313,7 +313,7 @@ def planned_path_sums(
     moving = {gid: idx for gid, idx in moving.items() if len(idx)}
     mu = points.to(evaluator.device, torch.float32)
     by_id = {g.id: g for g in groups}
-    with _frozen(model):
+    with frozen(model):
         for x, y in batches:
             x, y = x.to(evaluator.device), y.to(evaluator.device)
             teacher = None

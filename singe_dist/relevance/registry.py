@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 BUILTIN: dict[str, str] = {
     "magnitude": "singe_dist.relevance.criteria:Magnitude",
     "singe": "singe_dist.relevance.criteria:SInGE",
+    "singe_weights": "singe_dist.relevance.criteria:SInGEWeights",  # SInGE's per-weight reading
     "taylor": "singe_dist.relevance.criteria:Taylor",
     "random": "singe_dist.relevance.criteria:Random",
 }
