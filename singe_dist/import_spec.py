@@ -61,10 +61,12 @@ def load_import_spec(spec: str, what: str = "model") -> object:
     return found
 
 
-def where(exc: BaseException) -> str:
-    """``TypeError: ... (my_model.py:12)``: an exception and the innermost line it came from, in one line."""
+def where(exc: BaseException, caller: str | None = None) -> str:
+    """``TypeError: ... (my_model.py:12)``: an exception and the innermost line of the user's code it came
+    from, in one line (frames of this module and of ``caller``, the file that called the user, left out)."""
     text = " ".join(str(exc).split())
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]  # the user's side
+    ours = {__file__, caller}
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename not in ours]  # the user's side
     if isinstance(exc, SyntaxError) and exc.filename:
         place = f" ({os.path.basename(exc.filename)}:{exc.lineno})"
         text = " ".join((exc.msg or "").split())

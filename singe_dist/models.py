@@ -137,7 +137,7 @@ def _build_from_import_path(spec: str, num_classes: int) -> nn.Module:
     try:
         model = factory(num_classes=num_classes)
     except Exception as exc:  # noqa: BLE001 - the user's code: say where it failed, in one line
-        raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) raised {where(exc)}") from None
+        raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) raised {where(exc, __file__)}") from None
     if not isinstance(model, nn.Module):
         raise SingeError(f"model {spec!r}: {attr}(num_classes={num_classes}) returned a {type(model).__name__}, "
                          "not a torch.nn.Module")
