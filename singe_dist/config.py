@@ -80,10 +80,16 @@ class PruneConfig:
     min_keep: int = 1
     round_to: int = 1
     normalize_by_cost: bool = False
-    allocation: Literal["global", "uniform"] = DEFAULT_ALLOCATION  # channels each group loses (plan/select.py)
+    allocation: Literal["global", "uniform", "search"] = DEFAULT_ALLOCATION  # channels each group loses (plan/select.py)
     max_remove_fraction: float = 1.0  # cap on the fraction of any group's original width removed (global)
     substeps: int = 1  # greedy: split each step's removal in this many, relevance re-estimated in between
     bn_batches: int = 4  # calibration batches that re-estimate BatchNorm statistics after each removal (0: off)
+    # allocation=search (engine/search.py): candidate width vectors, uniform among them, each pruned, its
+    # BatchNorm re-estimated on the bn_batches and scored on search_batches held-out calibration batches
+    search_candidates: int = 8
+    search_spread: float = 0.5  # a candidate weighs each group's share of the removal by U[1 - s, 1 + s]
+    search_batches: int = 2
+    search_score: Literal["loss", "top1"] = "loss"
 
     def policy(self, original_sizes: dict[str, int] | None = None):  # noqa: ANN201 (plan.select.Policy)
         """How this section chooses channels, as the planner's :class:`Policy` (the one place a config
@@ -182,14 +188,21 @@ class JobConfig:
         """Whether :meth:`check_job` passed on this config (or on the driver's, for a Ray worker's copy)."""
         return self._checked
 
-    def validate(self) -> JobConfig:
-        """Range checks that types alone cannot express."""
+    def _validate_prune(self) -> None:
         for key in LIMITS:  # the budget and what a group may lose: the rules Budget and Constraints apply
             check_limit(key, getattr(self.prune, key), f"config prune.{key}")
         _check(self.prune.steps >= 1, "prune.steps", "must be >= 1", self.prune.steps)
         _check(self.prune.substeps >= 1, "prune.substeps", "must be >= 1", self.prune.substeps)
         _check(self.prune.bn_batches >= 0, "prune.bn_batches", "must be >= 0", self.prune.bn_batches)
+        _check(self.prune.search_candidates >= 1, "prune.search_candidates", "must be >= 1",
+               self.prune.search_candidates)
+        _check(0 <= self.prune.search_spread < 1, "prune.search_spread", "must be in [0, 1)", self.prune.search_spread)
+        _check(self.prune.search_batches >= 1, "prune.search_batches", "must be >= 1", self.prune.search_batches)
         check_allocation(self.prune.allocation, self.prune.normalize_by_cost, "config prune.")
+
+    def validate(self) -> JobConfig:
+        """Range checks that types alone cannot express."""
+        self._validate_prune()
         if self.finetune.distill_weight is None:  # the default: distil when there is a trained model to distil from
             self.finetune.distill_weight = DISTILL_WEIGHT if self.model.checkpoint is not None else 0.0
         _check(0.0 <= self.finetune.distill_weight <= 1.0, "finetune.distill_weight", "must be in [0, 1]",

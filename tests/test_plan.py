@@ -132,7 +132,7 @@ def test_cost_normalised_ranking_prefers_expensive_channels() -> None:
 
 
 def test_a_selection_policy_is_checked_once_and_must_count_what_the_budget_counts() -> None:
-    with pytest.raises(SingeError, match="allocation must be one of global, uniform, got 'even'"):
+    with pytest.raises(SingeError, match="allocation must be one of global, uniform, search, got 'even'"):
         Policy(allocation="even")
     with pytest.raises(SingeError, match="metric"):
         Policy(metric="flops")

@@ -212,8 +212,9 @@ class PruneJob:
             groups, scores = relevance.scores(model, t)
             t_rel += time.perf_counter() - t0
             target = self.budget.target(self.original, previous + (self.fractions[t] - previous) * (sub + 1) / k)
+            policy = self._search(model, groups, scores, target, t) if self.policy.allocation == "search" else self.policy
             selection = decide_and_remove(
-                model, groups, scores, self.input_size, target, self.policy,
+                model, groups, scores, self.input_size, target, policy,
                 rescore=lambda plan, g=groups: relevance.rescore(model, g, plan, t), rounds=cfg.criterion.replan)
             plan.steps.append(selection.channels)
             assert_same_plan(self.col, plan)
@@ -233,6 +234,17 @@ class PruneJob:
                  + (f", top-1 {row['pruned']['top1']:.4f} before fine-tuning" if "pruned" in row else ""))
         self.tracker.log_step(row, {g: s.tolist() for g, s in scores.items()})
         return row
+
+    def _search(self, model: nn.Module, groups: list, scores: dict, target: float, t: int):  # noqa: ANN201 (Policy)
+        """``allocation=search``: the winning width candidate of step ``t`` (engine/search.py), on the step's
+        calibration batches: the BatchNorm ones first, then the held-out ones that score."""
+        from singe_dist.engine.search import search_policy
+
+        cfg, relevance = self.config.prune, self.relevance
+        batches = relevance.calibration(relevance.streams, t, cfg.bn_batches + cfg.search_batches)
+        return search_policy(model, groups, scores, self.input_size, target, self.policy, cfg,
+                             (batches[: cfg.bn_batches], batches[cfg.bn_batches:]), self.config.run.seed * 1009 + t,
+                             (self.col.rank, self.col.world_size), self.col.all_reduce_sum, self.log)
 
     def _final_finetune(self, model: nn.Module, plan: Plan, position: Position, opt_state: dict | None) -> None:
         steps, final_iters = self.config.prune.steps, self._final_iters()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from singe_dist.errors import SingeError
 
 METRICS = ("macs", "params")
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "uniform", "search")
 # the job's and the Python API's default: chosen on the development split of the quality benchmark
 # (uniform beat global for every criterion but Taylor once fine-tuned; docs/BENCHMARKS.md, Fashion-MNIST)
 DEFAULT_ALLOCATION = "uniform"

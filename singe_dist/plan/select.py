@@ -18,7 +18,7 @@ distributed run takes the same decision from the same scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -63,6 +63,7 @@ class Policy:
     allocation: str = DEFAULT_ALLOCATION
     normalize_by_cost: bool = False
     original_sizes: Mapping[str, int] | None = None
+    group_weights: Mapping[str, float] | None = None  # allocation=search: one candidate's (engine/search.py)
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
@@ -112,27 +113,53 @@ class Allocation:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
 
-    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int) -> float:
+    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int,
+            gid: str = "") -> float:
         raise NotImplementedError
 
 
 class Uniform(Allocation):
     """Every group loses the same fraction of its original width; scores only choose inside a group."""
 
-    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int) -> float:
+    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int,
+            gid: str = "") -> float:
         return gone / reference
 
 
 class Global(Allocation):
     """All groups' units by score: per channel, or per unit of cost saved (``normalize_by_cost``)."""
 
-    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int) -> float:
+    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int,
+            gid: str = "") -> float:
         if self.policy.normalize_by_cost:
             return unit_score / max(1, unit_cost * len(members))
         return unit_score / len(members)
 
 
-ALLOCATIONS: dict[str, type[Allocation]] = {"uniform": Uniform, "global": Global}  # names: plan/limits.py
+class Weighted(Allocation):
+    """Uniform, with each group's share of the removal scaled by its weight (``policy.group_weights``;
+    1 for a group it does not name): a group of weight 1.5 loses its channels 1.5 times as fast. The
+    candidates of ``allocation=search`` (:func:`candidate_weights`); all weights 1 is uniform."""
+
+    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int,
+            gid: str = "") -> float:
+        return gone / (reference * (self.policy.group_weights or {}).get(gid, 1.0))
+
+
+ALLOCATIONS: dict[str, type[Allocation]] = {"uniform": Uniform, "global": Global, "search": Weighted}  # plan/limits.py
+
+
+def candidate_weights(group_ids: Sequence[str], count: int, spread: float, seed: int) -> list[dict[str, float]]:
+    """``count`` width candidates for ``allocation=search``: the first is uniform (every weight 1), the others
+    draw each group's weight from U[1 - spread, 1 + spread], reproducibly from ``seed`` (every rank draws the
+    same). The budget and every group's limits hold for any weights: :func:`select_channels` applies them."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = sorted(group_ids)
+    out = [{gid: 1.0 for gid in ids}]
+    for _ in range(count - 1):
+        draw = 1.0 + spread * (2 * torch.rand(len(ids), generator=gen, dtype=torch.float64) - 1)
+        out.append({gid: float(w) for gid, w in zip(ids, draw)})
+    return out
 
 
 def select_channels(
@@ -193,5 +220,5 @@ def _group_candidates(gid: str, scores: torch.Tensor, policy: Policy, allocation
     gone, candidates = removed_before, []
     for unit_score, members in _units(gid, s, constraints.round_to, max(0, min(size - keep, cap))):
         gone += len(members)
-        candidates.append((allocation.key(unit_score, members, gone, reference, unit_cost), gid, min(members), members))
+        candidates.append((allocation.key(unit_score, members, gone, reference, unit_cost, gid), gid, min(members), members))
     return candidates
