@@ -119,11 +119,15 @@ class Allocation:
 
 
 class Uniform(Allocation):
-    """Every group loses the same fraction of its original width; scores only choose inside a group."""
+    """Every group loses the same fraction of its original width; scores only choose inside a group.
+
+    ``policy.group_weights`` (a candidate of ``allocation=search``, :func:`candidate_weights`) scales each
+    group's share: a group of weight 1.5 loses its channels 1.5 times as fast; no weights, or all 1, is uniform.
+    """
 
     def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int,
             gid: str = "") -> float:
-        return gone / reference
+        return gone / (reference * (self.policy.group_weights or {}).get(gid, 1.0))
 
 
 class Global(Allocation):
@@ -136,17 +140,7 @@ class Global(Allocation):
         return unit_score / len(members)
 
 
-class Weighted(Allocation):
-    """Uniform, with each group's share of the removal scaled by its weight (``policy.group_weights``;
-    1 for a group it does not name): a group of weight 1.5 loses its channels 1.5 times as fast. The
-    candidates of ``allocation=search`` (:func:`candidate_weights`); all weights 1 is uniform."""
-
-    def key(self, unit_score: float, members: list[int], gone: int, reference: int, unit_cost: int,
-            gid: str = "") -> float:
-        return gone / (reference * (self.policy.group_weights or {}).get(gid, 1.0))
-
-
-ALLOCATIONS: dict[str, type[Allocation]] = {"uniform": Uniform, "global": Global, "search": Weighted}  # plan/limits.py
+ALLOCATIONS: dict[str, type[Allocation]] = {"uniform": Uniform, "global": Global, "search": Uniform}  # plan/limits.py
 
 
 def candidate_weights(group_ids: Sequence[str], count: int, spread: float, seed: int) -> list[dict[str, float]]:
