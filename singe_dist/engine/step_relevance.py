@@ -41,13 +41,20 @@ class StepRelevance:
         self.relevance_streams = (DataStreams(config.data, config.model.num_classes, 0, 1, config.run.seed)
                                   if self.split_channels else streams)
         self._cache: dict[tuple[int, int], Batches] = {}
+        # a step reads prefixes of one stream of this rank's batches: relevance (split=data), BatchNorm
+        # re-estimation and a width search's BN + held-out batches. The first read takes the longest, so
+        # no batch is decoded twice
+        prune = config.prune
+        self.step_batches = max(1, config.criterion.calibration_batches if self.criterion.needs_data
+                                and not self.split_channels else 0,
+                                prune.bn_batches + (prune.search_batches if prune.allocation == "search" else 0))
 
     def calibration(self, streams: DataStreams, step: int, count: int) -> Batches:
         """The first ``count`` calibration batches of ``step``; only the current step's are kept."""
         key = (id(streams), step)
         cached = self._cache.get(key, [])
         if len(cached) < count:
-            cached = streams.calibration(step, count)
+            cached = streams.calibration(step, max(count, self.step_batches) if streams is self.streams else count)
             self._cache = {k: v for k, v in self._cache.items() if k[1] == step}
             self._cache[key] = cached
         return cached[:count]
@@ -56,11 +63,7 @@ class StepRelevance:
         """The dependency groups of ``model`` and one score per channel, identical on every rank."""
         groups = find_groups(model, example_input(model, self.input_size), self.config.model.ignored_layers)
         if not self.removal_checked:  # each rank checks its own first calibration batch: no collective needed
-            # read as many batches as this step's relevance or BN re-estimation will, so the cache serves them
-            # and no batch is decoded twice
-            need = self.config.criterion.calibration_batches if self.criterion.needs_data and not self.split_channels else 0
-            batches = self.calibration(self.streams, step, max(1, need, self.config.prune.bn_batches))
-            x = batches[0][0].to(next(model.parameters()).device)
+            x = self.calibration(self.streams, step, 1)[0][0].to(next(model.parameters()).device)
             self.log(check_removal(model, groups, x, self.input_size).line())
             self.removal_checked = True
         self.faults.check("relevance", step + 1)
