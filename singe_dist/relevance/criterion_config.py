@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from singe_dist.errors import SingeError
-from singe_dist.relevance.registry import BUILTIN, DEFAULT, check_criterion
+from singe_dist.relevance.registry import DEFAULT, check_criterion
 
 
 MAX_OUTPUT_CLASSES = 100  # loss=output evaluates one row per class and sample
@@ -72,4 +72,3 @@ def _choices() -> dict[str, tuple[Any, ...]]:
 # field -> allowed values (the fields typed Literal), and field -> default: read by the CLI's flags
 CHOICES: dict[str, tuple[Any, ...]] = _choices()
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(CriterionConfig)}
-CRITERIA: tuple[str, ...] = tuple(BUILTIN)
