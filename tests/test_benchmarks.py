@@ -184,6 +184,45 @@ def test_fair_fight_smoke(tmp_path: Path) -> None:
     assert _tables(merged.stdout)[0][2:] == _tables(proc.stdout)[0][2:]
 
 
+def test_search_proxy_smoke(tmp_path: Path) -> None:
+    """Issue 28's proxy check: uniform is candidate 1, every candidate meets the budget and is scored as the
+    job's search scores it (the script refuses otherwise), a rerun recomputes nothing, and the table holds one
+    Spearman row per score and seed."""
+    out = tmp_path / "proxy"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "search_proxy.py"), "--smoke", "--work", str(tmp_path / "work"),
+           "--out", str(out), "--candidates", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert sorted((r["seed"], r["candidate"]) for r in rows) == [(s, c) for s in (0, 1) for c in range(3)]
+    assert all(set(r["weights"].values()) == {1.0} for r in rows if r["candidate"] == 0)
+    assert any(set(r["weights"].values()) != {1.0} for r in rows if r["candidate"] > 0)
+    assert all(0.5 - 0.05 <= r["removed"] <= 0.6 for r in rows)  # --smoke's 50% target, within a unit
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header[3:5] == ["score", "Spearman"]
+    assert {(r[0], r[3]) for r in body} == {(s, k) for s in ("0", "1") for k in (
+        "loss_32", "top1_32", "loss_64", "top1_64", "loss_128", "top1_128", "pre_loss_64", "pre_top1_64")}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0 and "candidate 1/" not in again.stdout  # every candidate stored
+
+
+def test_search_proxy_spearman_matches_scipy() -> None:
+    """The proxy's rank correlation, ties included, is Spearman's (scipy's, which the script does not import)."""
+    import random
+
+    from scipy.stats import spearmanr
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from search_proxy import spearman
+
+    rng = random.Random(0)
+    for _ in range(20):
+        a = [rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in range(12)]
+        b = [rng.random() for _ in range(12)]
+        assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
 def test_fair_fight_gpu_runner_runs_jobs_side_by_side_and_resumes(tmp_path: Path) -> None:
     """benchmarks/fair_fight_gpu.sh (here with DEVICE=cpu): the baseline first, then one store per job line."""
     stores = tmp_path / "stores"
