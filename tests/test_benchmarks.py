@@ -206,6 +206,20 @@ def test_search_proxy_smoke(tmp_path: Path) -> None:
     assert again.returncode == 0 and "candidate 1/" not in again.stdout  # every candidate stored
 
 
+def test_search_cost_smoke(tmp_path: Path) -> None:
+    """Issue 28's cost: a searched job's own search seconds (the report's phase) per candidate, and one
+    candidate's bookkeeping timed apart."""
+    out = tmp_path / "cost"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_cost.py"), "--smoke", "--work",
+                           str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    header, _sep, *body = _table_rows(proc.stdout)
+    assert header == ["workers", "candidates scored", "search s", "candidates/s"] and [r[:2] for r in body] == [["1", "3"]]
+    stored = json.loads(out.with_suffix(".json").read_text())
+    assert stored["jobs"][0]["search_s"] > 0 and stored["bookkeeping"]["groups"] > 0
+
+
 def test_search_proxy_spearman_matches_scipy() -> None:
     """The proxy's rank correlation, ties included, is Spearman's (scipy's, which the script does not import)."""
     import random

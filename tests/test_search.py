@@ -93,3 +93,4 @@ def test_a_job_searches_and_an_interrupted_search_step_resumes_to_the_same_winne
     assert json.loads((run_dir / "plan.json").read_text()) == json.loads((whole / "plan.json").read_text())
     report = json.loads((whole / "report.json").read_text())
     assert all(row["macs"] <= row["target"] for row in report["steps"])
+    assert report["wall_time_s"]["search"] > 0  # its own phase, which benchmarks/search_cost.py reads

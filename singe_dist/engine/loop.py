@@ -212,7 +212,11 @@ class PruneJob:
             groups, scores = relevance.scores(model, t)
             t_rel += time.perf_counter() - t0
             target = self.budget.target(self.original, previous + (self.fractions[t] - previous) * (sub + 1) / k)
-            policy = self._search(model, groups, scores, target, t) if self.policy.allocation == "search" else self.policy
+            policy = self.policy
+            if policy.allocation == "search":
+                t0 = time.perf_counter()
+                policy = self._search(model, groups, scores, target, t)
+                add_wall_time(self.report, "search", time.perf_counter() - t0)
             selection = decide_and_remove(
                 model, groups, scores, self.input_size, target, policy,
                 rescore=lambda plan, g=groups: relevance.rescore(model, g, plan, t), rounds=cfg.criterion.replan)
