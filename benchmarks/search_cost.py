@@ -44,8 +44,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import job_config, prepare_data  # noqa: E402
 
-H200_TRAIN_IMAGES_S = 1804.0  # docs/BENCHMARKS.md, GPU throughput: ResNet-50 training, batch 64, fp32, one H200
-FLAGSHIP = {"gpus": 8, "steps": 10, "iters_per_step": 1000, "batch": 128, "final_images": 10 * 1_281_167}
+H200_TRAIN_IMAGES_S = 1874.0  # docs/BENCHMARKS.md, GPU throughput: ResNet-50 training, batch 64, bf16 (the
+# flagship's finetune.amp), one H200
+FLAGSHIP = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "resnet50_imagenet.yaml"
 
 
 def time_job(args: argparse.Namespace, data: dict[str, str], workers: int) -> dict:
@@ -65,12 +66,14 @@ def time_job(args: argparse.Namespace, data: dict[str, str], workers: int) -> di
             "candidates_per_s": scored / search_s, "job_s": report["wall_time_s"]["total"]}
 
 
-def bookkeeping(arch: str, size: int, classes: int, repeats: int) -> dict:
+def bookkeeping(arch: str, size: int, classes: int, repeats: int, policy) -> dict:  # noqa: ANN001 (Policy)
     """One candidate without its forward batches: copy, channel selection and surgery, seconds (median)."""
+    import dataclasses
+
     from singe_dist.models import build_model
     from singe_dist.plan.cost import CostModel
     from singe_dist.plan.plan import apply_step
-    from singe_dist.plan.select import Policy, candidate_weights, select_channels
+    from singe_dist.plan.select import candidate_weights, select_channels
     from singe_dist.relevance.criteria import score
     from singe_dist.relevance.criterion_config import CriterionConfig
     from singe_dist.relevance.groups import example_input, find_groups
@@ -82,12 +85,12 @@ def bookkeeping(arch: str, size: int, classes: int, repeats: int) -> dict:
     groups = find_groups(model, example_input(model, shape))
     scores = score(make_criterion(CriterionConfig(name="magnitude")), model, groups, None)
     target = CostModel(model, groups, shape).macs * 0.95  # the flagship's first step: 5% of the MACs
-    weights = candidate_weights([g.id for g in groups], repeats + 1, 0.5, 0)[1:]
+    policy = dataclasses.replace(policy, allocation="uniform", original_sizes={g.id: int(g.size) for g in groups})
     times = []
-    for w in weights:
+    for w in candidate_weights([g.id for g in groups], repeats + 1, 0.5, 0)[1:]:
         t0 = time.perf_counter()  # engine/search.py's score_candidate, less its forward batches
         selection = select_channels(scores, CostModel(model, groups, shape), target,
-                                    Policy(allocation="uniform", group_weights=w))
+                                    dataclasses.replace(policy, group_weights=w))
         apply_step(copy.deepcopy(model), selection.channels, shape)
         times.append(time.perf_counter() - t0)
     copy_t0 = time.perf_counter()
@@ -96,16 +99,25 @@ def bookkeeping(arch: str, size: int, classes: int, repeats: int) -> dict:
             "groups": len(groups)}
 
 
-def flagship_estimate(book: dict, bn_batches: int, search_batches: int, candidates: int) -> dict:
-    """The flagship job's search, per step and in all, from the measured parts (module docstring)."""
-    f = FLAGSHIP
-    forward_s = (bn_batches + search_batches) * f["batch"] / (3 * H200_TRAIN_IMAGES_S)
-    per_gpu = -(-candidates // f["gpus"])  # candidates a GPU scores per step
+def flagship_estimate(book: dict, flagship) -> dict:  # noqa: ANN001 (JobConfig)
+    """The flagship job's search, per step and in all, from the measured parts (module docstring). Fine-tuning
+    distils (a teacher forward, a third of a pass, per batch); a candidate's forward batches are a third each."""
+    p, ft, d = flagship.prune, flagship.finetune, flagship.data
+    gpus = flagship.distributed.num_workers
+    forward_s = (p.bn_batches + p.search_batches) * d.batch_size / (3 * H200_TRAIN_IMAGES_S)
+    per_gpu = -(-p.search_candidates // gpus)  # candidates a GPU scores per step
     search_step_s = per_gpu * (book["bookkeeping_s"] + forward_s)
-    finetune_step_s = f["iters_per_step"] * f["batch"] / H200_TRAIN_IMAGES_S
-    job_s = f["steps"] * finetune_step_s + f["final_images"] / (f["gpus"] * H200_TRAIN_IMAGES_S)
-    return {"forward_s": forward_s, "per_gpu": per_gpu, "search_step_s": search_step_s,
-            "finetune_step_s": finetune_step_s, "share": f["steps"] * search_step_s / (job_s + f["steps"] * search_step_s)}
+    from singe_dist.config import DISTILL_WEIGHT
+
+    weight = ft.distill_weight if ft.distill_weight is not None else (DISTILL_WEIGHT if flagship.model.checkpoint else 0)
+    distill = 1 + (weight > 0) / 3
+    finetune_step_s = ft.iters_per_step * d.batch_size * distill / H200_TRAIN_IMAGES_S
+    final_s = ft.final_epochs * d.train_samples * distill / (gpus * H200_TRAIN_IMAGES_S)
+    job_s = p.steps * finetune_step_s + final_s
+    return {"gpus": gpus, "steps": p.steps, "candidates": p.search_candidates, "bn_batches": p.bn_batches,
+            "search_batches": p.search_batches, "forward_s": forward_s, "per_gpu": per_gpu,
+            "search_step_s": search_step_s, "finetune_step_s": finetune_step_s, "job_s": job_s,
+            "share": p.steps * search_step_s / (job_s + p.steps * search_step_s)}
 
 
 def main() -> None:
@@ -137,29 +149,36 @@ def main() -> None:
         train_baseline(job_config(args, data, 0, args.work / "unused", ["model.checkpoint=null", "train.iters=20"]),
                        args.checkpoint, log=lambda _m: None)
     jobs = [time_job(args, data, w) for w in args.workers]
-    book = bookkeeping("cifar_resnet20" if args.smoke else "resnet50", 28 if args.smoke else 224,
-                       10 if args.smoke else 1000, 3)
+    from singe_dist.config import load_config
+
     config = job_config(args, data, 0, args.work / "unused", [])
-    estimate = flagship_estimate(book, config.prune.bn_batches, config.prune.search_batches, args.candidates)
+    flagship = load_config(FLAGSHIP, ["prune.allocation=search"])
+    book = bookkeeping("cifar_resnet20" if args.smoke else flagship.model.arch, 28 if args.smoke else 224,
+                       10 if args.smoke else flagship.model.num_classes, 3, flagship.prune.policy())
+    estimate = flagship_estimate(book, flagship)
     lines = ["| workers | candidates scored | search s | candidates/s |", "|---|---|---|---|"]
     lines += [f"| {j['workers']} | {j['candidates']} | {j['search_s']:.1f} | {j['candidates_per_s']:.2f} |" for j in jobs]
     text = ["ResNet-20, Fashion-MNIST shards, 3 steps to 70% of MACs, " if not args.smoke else "smoke, digits: ",
             f"{args.candidates} candidates a step, {config.prune.bn_batches} BatchNorm + {config.prune.search_batches} "
             f"scoring batches of {args.batch_size}\n\n" + "\n".join(lines) + "\n"]
     if args.cell:
-        cell = next(c for c in json.loads(args.cell.read_text())["cells"]
-                    if c["seed"] == 0 and c["recipe"] == "default" and c["budget"] == "long" and c["target"] == 0.7)
+        cell = next((c for c in json.loads(args.cell.read_text())["cells"]
+                     if c["seed"] == 0 and c["recipe"] == "default" and c["budget"] == "long" and c["target"] == 0.7), None)
+        if cell is None:
+            raise SystemExit(f"search_cost.py: {args.cell} has no seed-0 default cell at 70%, long budget")
         one = jobs[0]["search_s"]
         text.append(f"\nShare of a job: the search's {one:.1f} s (1 worker, {args.steps} steps) beside the fair fight's "
                     f"default cell at 70%, long budget ({cell['seconds']:.0f} s): {one / (one + cell['seconds']):.1%}\n")
     text.append(f"\n{book['arch']}: one candidate's bookkeeping (copy, selection, surgery) {book['bookkeeping_s']:.2f} s "
                 f"on this CPU (the copy alone {book['copy_s']:.2f} s), {book['groups']} groups\n")
     if not args.smoke:
-        f = FLAGSHIP
-        text.append(f"Flagship estimate ({f['gpus']} H200-class GPUs, {args.candidates} candidates, {f['steps']} steps): "
-                    f"forward batches {estimate['forward_s']:.3f} s a candidate, {estimate['per_gpu']} candidate(s) a GPU "
-                    f"a step, so {estimate['search_step_s']:.2f} s of search a step against "
-                    f"{estimate['finetune_step_s']:.0f} s of fine-tuning; {estimate['share']:.2%} of the job\n")
+        e = estimate
+        text.append(f"Flagship estimate ({FLAGSHIP.name} with allocation=search: {e['gpus']} GPUs at H200's measured "
+                    f"{H200_TRAIN_IMAGES_S:.0f} training images/s, {e['candidates']} candidates, {e['steps']} steps, "
+                    f"{e['bn_batches']} + {e['search_batches']} forward batches each): {e['forward_s']:.3f} s of forward "
+                    f"batches a candidate, {e['per_gpu']} candidate(s) a GPU a step, so {e['search_step_s']:.2f} s of "
+                    f"search a step against {e['finetune_step_s']:.0f} s of distilled fine-tuning; "
+                    f"{e['share']:.2%} of the job's {e['job_s'] / 60:.0f} min\n")
     print("".join(text))
     if args.out:
         from singe_dist.atomic import atomic_write_text

@@ -146,7 +146,7 @@ def run_candidate(args: argparse.Namespace, data: dict[str, str], seed: int, ind
 
 def summarise(rows: list[dict]) -> str:
     """Per seed: each score's Spearman correlation with the fine-tuned top-1, and what its winner gained."""
-    keys = [k for k in rows[0] if k.startswith(("loss_", "top1_", "pre_"))]
+    keys = [k for k in rows[0] if k.startswith(("loss_", "top1_", "pre_"))]  # pre_*: not a scorer the job has
     lines = ["| seed | candidates | fine-tuned dev top-1: min / uniform / max | score | Spearman | "
              "winner's top-1 minus uniform's |", "|---|---|---|---|---|---|"]
     for seed in sorted({r["seed"] for r in rows}):
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.5)
     parser.add_argument("--fraction", type=float, default=0.7, help="MACs removed, in one step")
     parser.add_argument("--iters", type=int, help="fine-tuning iterations (default: the fair fight's short, 2%%)")
-    parser.add_argument("--pre-iters", type=int, default=25, help="the short fine-tune before scoring (0: none)")
+    parser.add_argument("--pre-iters", type=int, help="the short fine-tune before scoring (default 25, --smoke 2; 0: none)")
     parser.add_argument("--baseline-epochs", type=int, default=BASELINE_EPOCHS)
     parser.add_argument("--epoch-iters", type=int, default=EPOCH)
     parser.add_argument("--baselines", type=Path, required=False)
@@ -181,13 +181,15 @@ def main() -> None:
     args.dataset, args.source, args.size, args.batch_size = "fashion", "/usr/share/datasets/fashion-mnist", 16, 128
     args.path_points, args.calibration_batches = 4, 2
     if args.smoke:
-        args.dataset, args.seeds, args.pre_iters = "digits", [0, 1], 2
+        args.dataset, args.seeds = "digits", [0, 1]
+        args.pre_iters = 2 if args.pre_iters is None else args.pre_iters
         args.candidates = args.candidates or 4
         args.baseline_epochs, args.epoch_iters, args.batch_size, args.iters = 2, 25, 32, 3
         args.calibration_batches, args.path_points, args.fraction = 1, 2, 0.5
         args.baselines = args.work
     args.score_images, args.pre_images = ((32, 64, 128), 64) if args.smoke else (SCORE_IMAGES, PRE_IMAGES)  # digits: 1,437
     args.candidates = args.candidates or 12
+    args.pre_iters = 25 if args.pre_iters is None else args.pre_iters
     if args.baselines is None:
         parser.error("--baselines is needed (the folder of the fair fight's converged baselines)")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -198,7 +200,17 @@ def main() -> None:
     data = prepare_data(args)
     path, base = train_converged(args, data, args.baseline_seed)
     store_path = args.out.with_suffix(".json") if args.out else None
-    rows = json.loads(store_path.read_text())["rows"] if store_path and store_path.is_file() else []
+    settings = {"baseline_seed": args.baseline_seed, "baseline_test_top1": base["test_top1"], "fraction": args.fraction,
+                "candidates": args.candidates, "spread": args.spread, "iters": args.iters, "pre_iters": args.pre_iters,
+                "score_images": list(args.score_images), "pre_images": args.pre_images}
+    rows = []
+    if store_path and store_path.is_file():
+        stored = json.loads(store_path.read_text())
+        if stored["settings"] != settings:
+            changed = sorted(k for k in settings if stored["settings"].get(k) != settings[k])
+            raise SystemExit(f"search_proxy.py: {store_path} holds candidates of other settings ({', '.join(changed)}): "
+                             "give these settings a store of their own")
+        rows = stored["rows"]
     done = {(r["seed"], r["candidate"]) for r in rows}
     from singe_dist.atomic import atomic_write_text
     from singe_dist.checkpoint import load_model
@@ -209,15 +221,15 @@ def main() -> None:
     ids = [g.id for g in find_groups(load_model(path)[0], example_input(load_model(path)[0], (3, image, image)), [])]
     start = time.perf_counter()
     for seed in args.seeds:
-        for i, weights in enumerate(candidate_weights(ids, args.candidates, args.spread, seed)):
+        # drawn as the job draws step 1's (loop.py: run.seed * 1009 + step), with run.seed = the seed
+        for i, weights in enumerate(candidate_weights(ids, args.candidates, args.spread, seed * 1009)):
             if (seed, i) in done:
                 continue
             row = run_candidate(args, data, seed, i, weights, path)
             rows.append(row)
             if store_path:
-                atomic_write_text(store_path, json.dumps({"baseline": base, "args": {
-                    k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list))}, "rows": rows},
-                    indent=1))
+                atomic_write_text(store_path, json.dumps({"baseline": base, "settings": settings, "rows": rows},
+                                                         indent=1))
             print(f"[{time.perf_counter() - start:.0f}s] seed {seed} candidate {i + 1}/{args.candidates}: "
                   f"score (loss, {args.score_images[1]} images) {row[f'loss_{args.score_images[1]}']:.4f}, "
                   f"fine-tuned dev top-1 {row['dev_top1']:.4f} ({row['seconds']:.0f}s)", flush=True)

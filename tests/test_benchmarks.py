@@ -204,6 +204,8 @@ def test_search_proxy_smoke(tmp_path: Path) -> None:
         "loss_32", "top1_32", "loss_64", "top1_64", "loss_128", "top1_128", "pre_loss_64", "pre_top1_64")}
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0 and "candidate 1/" not in again.stdout  # every candidate stored
+    other = subprocess.run([*cmd, "--pre-iters", "0"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert other.returncode != 0 and "other settings (pre_iters)" in other.stderr  # never mixed into one table
 
 
 def test_search_cost_smoke(tmp_path: Path) -> None:

@@ -212,11 +212,7 @@ class PruneJob:
             groups, scores = relevance.scores(model, t)
             t_rel += time.perf_counter() - t0
             target = self.budget.target(self.original, previous + (self.fractions[t] - previous) * (sub + 1) / k)
-            policy = self.policy
-            if policy.allocation == "search":
-                t0 = time.perf_counter()
-                policy = self._search(model, groups, scores, target, t)
-                add_wall_time(self.report, "search", time.perf_counter() - t0)
+            policy = self._search(model, groups, scores, target, t) if self.policy.allocation == "search" else self.policy
             selection = decide_and_remove(
                 model, groups, scores, self.input_size, target, policy,
                 rescore=lambda plan, g=groups: relevance.rescore(model, g, plan, t), rounds=cfg.criterion.replan)
@@ -246,9 +242,12 @@ class PruneJob:
 
         cfg, relevance = self.config.prune, self.relevance
         batches = relevance.calibration(relevance.streams, t, cfg.bn_batches + cfg.search_batches)
-        return search_policy(model, groups, scores, self.input_size, target, self.policy, cfg,
-                             (batches[: cfg.bn_batches], batches[cfg.bn_batches:]), self.config.run.seed * 1009 + t,
-                             (self.col.rank, self.col.world_size), self.col.all_reduce_sum, self.log)
+        t0 = time.perf_counter()  # the search's own phase; reading the batches is the data's (BN reads them anyway)
+        policy = search_policy(model, groups, scores, self.input_size, target, self.policy, cfg,
+                               (batches[: cfg.bn_batches], batches[cfg.bn_batches:]), self.config.run.seed * 1009 + t,
+                               (self.col.rank, self.col.world_size), self.col.all_reduce_sum, self.log)
+        add_wall_time(self.report, "search", time.perf_counter() - t0)
+        return policy
 
     def _final_finetune(self, model: nn.Module, plan: Plan, position: Position, opt_state: dict | None) -> None:
         steps, final_iters = self.config.prune.steps, self._final_iters()
