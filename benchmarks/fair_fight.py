@@ -163,6 +163,7 @@ OUR_FINETUNE = Finetune(0.02, "cosine", 1e-4, ours=True, distill=0.5)  # our def
 RESTART = Finetune(0.1, "cosine", 5e-4)  # the training's peak, one cosine over the budget (Le & Hua 2021)
 DISTILL = ("finetune.distill_weight=0.5", "finetune.distill_temperature=4")
 DEFAULT = ("criterion.name=magnitude", "criterion.norm=2", "prune.allocation=uniform", *DISTILL, "finetune.lr=0.02")
+SEARCH = ("prune.search_candidates=8", "prune.search_spread=0.5", "prune.search_batches=2", "prune.search_score=loss")
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,11 @@ RECIPES = {r.label: r for r in (
     # before any cell: the L2 norm of the weights' integrated-gradient attributions, the default recipe otherwise
     Recipe("singe weights", ("criterion.name=singe_weights", "criterion.path=group", "criterion.norm=2",
                              "prune.allocation=uniform", *DISTILL, "finetune.lr=0.02")),
+    # searched widths (issue 28 item 5), registered 2026-12-07 20:45 UTC before any cell: the default recipe with
+    # prune.allocation=search (8 candidates, loss on 2 held-out batches), magnitude or SInGE (norm) in the layer
+    Recipe("default search", (*DEFAULT[:2], "prune.allocation=search", *DEFAULT[3:], *SEARCH)),
+    Recipe("singe norm search", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm",
+                                 "prune.allocation=search", *SEARCH, *DISTILL, "finetune.lr=0.02")),
 )}
 STEPS = 3  # our rows' pruning steps; 10% of the budget after each, the rest at the end (v1's 3 x 25 + 200)
 
@@ -217,12 +223,22 @@ def run_ours(args: argparse.Namespace, data: dict[str, str], seed: int, recipe: 
     report = PruneJob(config, log=lambda _m: None).run()
     dev = evaluate_checkpoint(args, data, seed, out / "pruned.pt", "dev")
     distill = config.finetune.distill_weight > 0
-    passes = iters * (1 + distill / 3) + STEPS * args.calibration_batches / 3  # fine-tuning, teacher, BN
+    passes = iters * (1 + distill / 3) + STEPS * (args.calibration_batches / 3 + step_passes(config))
     row = {"top1": report["final"]["top1"], "dev_top1": dev, "removed": report["final"]["fraction_removed"],
            "relevance_s": report["wall_time_s"]["relevance"], "seconds": report["wall_time_s"]["total"],
            "train_passes": passes, "finetune_iters": iters}
     shutil.rmtree(out, ignore_errors=True)
     return row
+
+
+def step_passes(config) -> float:  # noqa: ANN001 (JobConfig)
+    """Training passes of one pruning step's choice, beyond BatchNorm re-estimation: the criterion's backward
+    passes (Taylor one per calibration batch; SInGE's group path one per batch and path point) and a search's
+    forward batches (a third each) for every candidate."""
+    c, p = config.criterion, config.prune
+    relevance = {"taylor": 1, "singe": c.steps, "singe_weights": c.steps}.get(c.name, 0) * c.calibration_batches
+    search = p.search_candidates * (p.bn_batches + p.search_batches) / 3 if p.allocation == "search" else 0
+    return relevance + search
 
 
 def run_peer(args: argparse.Namespace, data: dict[str, str], seed: int, recipe: Recipe, fraction: float,
