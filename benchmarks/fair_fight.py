@@ -163,7 +163,7 @@ OUR_FINETUNE = Finetune(0.02, "cosine", 1e-4, ours=True, distill=0.5)  # our def
 RESTART = Finetune(0.1, "cosine", 5e-4)  # the training's peak, one cosine over the budget (Le & Hua 2021)
 DISTILL = ("finetune.distill_weight=0.5", "finetune.distill_temperature=4")
 DEFAULT = ("criterion.name=magnitude", "criterion.norm=2", "prune.allocation=uniform", *DISTILL, "finetune.lr=0.02")
-SEARCH = ("prune.search_candidates=8", "prune.search_spread=0.5", "prune.search_batches=2", "prune.search_score=loss")
+SEARCH = ("prune.search_candidates=8", "prune.search_spread=0.5", "prune.search_batches=8", "prune.search_score=top1")
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,8 @@ RECIPES = {r.label: r for r in (
     Recipe("singe weights", ("criterion.name=singe_weights", "criterion.path=group", "criterion.norm=2",
                              "prune.allocation=uniform", *DISTILL, "finetune.lr=0.02")),
     # searched widths (issue 28 item 5), registered 2026-12-07 20:45 UTC before any cell: the default recipe with
-    # prune.allocation=search (8 candidates, loss on 2 held-out batches), magnitude or SInGE (norm) in the layer
+    # prune.allocation=search (8 candidates; amended 22:05 UTC, before any cell, to the scorer the proxy check
+    # chose: top-1 on 8 held-out batches), magnitude or SInGE (norm) in the layer
     Recipe("default search", (*DEFAULT[:2], "prune.allocation=search", *DEFAULT[3:], *SEARCH)),
     Recipe("singe norm search", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm",
                                  "prune.allocation=search", *SEARCH, *DISTILL, "finetune.lr=0.02")),

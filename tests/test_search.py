@@ -94,3 +94,32 @@ def test_a_job_searches_and_an_interrupted_search_step_resumes_to_the_same_winne
     report = json.loads((whole / "report.json").read_text())
     assert all(row["macs"] <= row["target"] for row in report["steps"])
     assert report["wall_time_s"]["search"] > 0  # its own phase, which benchmarks/search_cost.py reads
+
+
+def test_the_default_scorer_is_the_one_the_proxy_check_chose() -> None:
+    """Issue 28 item 2's fixed rule (docs/results/search-proxy-jobs.txt): the default scorer is the job-computable
+    score (minus the loss or the top-1, on N held-out images) with the highest Spearman correlation with the
+    fine-tuned top-1, averaged over the seeds. Re-derived from the stored candidates, so a default changed by
+    hand, or a rerun that chooses otherwise, fails here."""
+    import statistics
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from search_proxy import spearman
+
+    stored = json.loads((root / "docs" / "results" / "search-proxy.json").read_text())
+    rows, batch = stored["rows"], 128
+    seeds = sorted({r["seed"] for r in rows})
+    assert len(seeds) >= 2 and all(sum(r["seed"] == s for r in rows) >= 10 for s in seeds)  # the registered size
+    keys = [k for k in rows[0] if k.startswith(("loss_", "top1_"))]  # pre_*: not a scorer the job has
+
+    def mean_rho(key: str) -> float:
+        per_seed = [[r for r in rows if r["seed"] == s] for s in seeds]
+        return statistics.fmean(spearman([r[key] for r in mine], [r["dev_top1"] for r in mine]) for mine in per_seed)
+
+    best = max(keys, key=mean_rho)
+    kind, images = best.split("_")
+    default = PruneConfig()
+    assert (default.search_score, default.search_batches) == (kind, int(images) // batch)
