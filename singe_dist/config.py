@@ -84,12 +84,10 @@ class PruneConfig:
     max_remove_fraction: float = 1.0  # cap on the fraction of any group's original width removed (global)
     substeps: int = 1  # greedy: split each step's removal in this many, relevance re-estimated in between
     bn_batches: int = 4  # calibration batches that re-estimate BatchNorm statistics after each removal (0: off)
-    # allocation=search (engine/search.py): candidate width vectors, uniform among them, each pruned, its
-    # BatchNorm re-estimated on the bn_batches and scored on search_batches held-out calibration batches
+    # allocation=search (engine/search.py): candidate widths, uniform among them, each pruned, BN re-estimated on
+    # the bn_batches and scored on search_batches held-out batches: the scorer the proxy check chose (BENCHMARKS.md)
     search_candidates: int = 8
     search_spread: float = 0.5  # a candidate weighs each group's share of the removal by U[1 - s, 1 + s]
-    # the scorer the proxy check chose (docs/results/search-proxy.md: top-1 on 1,024 images had the highest
-    # Spearman correlation with the fine-tuned top-1, +0.62 over 2 seeds; tests/test_search.py re-derives it)
     search_batches: int = 8
     search_score: Literal["loss", "top1"] = "top1"
 
