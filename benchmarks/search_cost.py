@@ -72,8 +72,8 @@ def bookkeeping(arch: str, size: int, classes: int, repeats: int, policy) -> dic
 
     from singe_dist.models import build_model
     from singe_dist.plan.cost import CostModel
-    from singe_dist.plan.plan import apply_step
-    from singe_dist.plan.select import candidate_weights, select_channels
+    from singe_dist.engine.search import prune_candidate
+    from singe_dist.plan.select import candidate_weights
     from singe_dist.relevance.criteria import score
     from singe_dist.relevance.criterion_config import CriterionConfig
     from singe_dist.relevance.groups import example_input, find_groups
@@ -88,10 +88,8 @@ def bookkeeping(arch: str, size: int, classes: int, repeats: int, policy) -> dic
     policy = dataclasses.replace(policy, allocation="uniform", original_sizes={g.id: int(g.size) for g in groups})
     times = []
     for w in candidate_weights([g.id for g in groups], repeats + 1, 0.5, 0)[1:]:
-        t0 = time.perf_counter()  # engine/search.py's score_candidate, less its forward batches
-        selection = select_channels(scores, CostModel(model, groups, shape), target,
-                                    dataclasses.replace(policy, group_weights=w))
-        apply_step(copy.deepcopy(model), selection.channels, shape)
+        t0 = time.perf_counter()  # engine/search.py's candidate, less its forward batches
+        prune_candidate(model, groups, scores, shape, target, dataclasses.replace(policy, group_weights=w), [])
         times.append(time.perf_counter() - t0)
     copy_t0 = time.perf_counter()
     copy.deepcopy(model)

@@ -99,11 +99,9 @@ def run_candidate(args: argparse.Namespace, data: dict[str, str], seed: int, ind
     """One candidate: pruned, BatchNorm re-estimated, scored, (briefly fine-tuned and scored), fine-tuned, read."""
     from singe_dist.checkpoint import load_model
     from singe_dist.data.streams import DataStreams
-    from singe_dist.engine.search import score_candidate
-    from singe_dist.engine.train import evaluate, recalibrate_batchnorm
-    from singe_dist.plan.cost import CostModel, measure
-    from singe_dist.plan.plan import apply_step
-    from singe_dist.plan.select import select_channels
+    from singe_dist.engine.search import prune_candidate, score_candidate
+    from singe_dist.engine.train import evaluate
+    from singe_dist.plan.cost import measure
     from singe_dist.relevance.criteria import score
     from singe_dist.relevance.groups import example_input, find_groups
     from singe_dist.relevance.registry import make_criterion
@@ -124,10 +122,8 @@ def run_candidate(args: argparse.Namespace, data: dict[str, str], seed: int, ind
                                  group_weights=weights)
     target = original * (1 - args.fraction)
     job_score = score_candidate(model, groups, scores, size, target, policy, (bn, held_out[: counts[0] // batch]),
-                                "loss")  # the job's own scorer, as a check on the copy below
-    pruned = copy.deepcopy(model)
-    apply_step(pruned, select_channels(scores, CostModel(model, groups, size), target, policy).channels, size)
-    recalibrate_batchnorm(pruned, bn)
+                                "loss")  # the job's own scorer, as a check on the scores below
+    pruned = prune_candidate(model, groups, scores, size, target, policy, bn)
     row = {"seed": seed, "candidate": index, "weights": weights, "removed": 1 - measure(pruned, size).macs / original,
            **_scores(pruned, held_out, counts, batch)}
     if abs(row[f"loss_{counts[0]}"] - job_score) > 1e-4:

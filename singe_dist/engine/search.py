@@ -60,12 +60,19 @@ def score_candidate(model: nn.Module, groups: Sequence[ChannelGroup], scores: Ma
                     batches: tuple[Batches, Batches], score: str) -> float:
     """A copy of ``model`` pruned by ``policy``, its BatchNorm re-estimated, scored on the held-out batches:
     minus the loss, or the top-1 (higher is better either way)."""
+    bn, held_out = batches
+    result = result_from_sums(eval_sums(prune_candidate(model, groups, scores, input_size, target, policy, bn),
+                                        held_out))
+    return result.top1 if score == "top1" else -result.loss
+
+
+def prune_candidate(model: nn.Module, groups: Sequence[ChannelGroup], scores: Mapping[str, torch.Tensor],
+                    input_size: tuple[int, int, int], target: float, policy: Policy, bn: Batches) -> nn.Module:
+    """A copy of ``model`` pruned by ``policy`` to ``target``, its BatchNorm re-estimated on ``bn`` (if any)."""
     selection = select_channels(scores, CostModel(model, groups, input_size), target, policy)
     pruned = copy.deepcopy(model)
     if selection.channels:
         apply_step(pruned, selection.channels, input_size)
-    bn, held_out = batches
     if bn:
         recalibrate_batchnorm(pruned, bn)
-    result = result_from_sums(eval_sums(pruned, held_out))
-    return result.top1 if score == "top1" else -result.loss
+    return pruned
