@@ -45,7 +45,7 @@ how channels are chosen (criterion and allocation) *and* how the pruned network 
   the 70% and 85% budgets at the long budget; the table reports the *test* split, mean ± std over seeds.
 - **Compute** per cell is counted in training-pass equivalents (one forward and backward of a batch of
   128 = 1; a forward alone = 1/3): fine-tuning and sparse-learning iterations, the teacher's forward
-  when distilling, the relevance passes, BatchNorm re-estimation.
+  when distilling, the relevance passes, BatchNorm re-estimation, reconstruction's forwards.
 
     uv run python benchmarks/fair_fight.py --work runs/bench/fair --out docs/results/fair-s0 --seeds 0 --phase baselines
     uv run python benchmarks/fair_fight.py --work runs/bench/fair --out docs/results/fair-s0 --seeds 0 --recipes 'tp magnitude uniform' --fractions 0.7 --budgets long
@@ -201,6 +201,9 @@ RECIPES = {r.label: r for r in (
     Recipe("default search", (*DEFAULT[:2], "prune.allocation=search", *DEFAULT[3:], *SEARCH)),
     Recipe("singe norm search", ("criterion.name=singe", "criterion.path=group", "criterion.reduce=norm",
                                  "prune.allocation=search", *SEARCH, *DISTILL, "finetune.lr=0.02")),
+    # least-squares reconstruction (singe_dist/plan/reconstruct.py), registered 2026-12-07 23:50 UTC before any
+    # cell: the default recipe, the readers of each step's removed channels refitted on its 2 calibration batches
+    Recipe("default reconstruct", (*DEFAULT, "prune.reconstruct_batches=2")),
 )}
 STEPS = 3  # our rows' pruning steps; 10% of the budget after each, the rest at the end (v1's 3 x 25 + 200)
 
@@ -224,7 +227,8 @@ def run_ours(args: argparse.Namespace, data: dict[str, str], seed: int, recipe: 
     report = PruneJob(config, log=lambda _m: None).run()
     dev = evaluate_checkpoint(args, data, seed, out / "pruned.pt", "dev")
     distill = config.finetune.distill_weight > 0
-    passes = iters * (1 + distill / 3) + STEPS * (args.calibration_batches / 3 + step_passes(config))
+    passes = (iters * (1 + distill / 3) + STEPS * (args.calibration_batches / 3 + step_passes(config))
+              + report.get("reconstruct_forward_batches", 0) / 3)  # refitting: forwards, partial ones counted whole
     row = {"top1": report["final"]["top1"], "dev_top1": dev, "removed": report["final"]["fraction_removed"],
            "relevance_s": report["wall_time_s"]["relevance"], "seconds": report["wall_time_s"]["total"],
            "train_passes": passes, "finetune_iters": iters}

@@ -84,8 +84,8 @@ class PruneConfig:
     max_remove_fraction: float = 1.0  # cap on the fraction of any group's original width removed (global)
     substeps: int = 1  # greedy: split each step's removal in this many, relevance re-estimated in between
     bn_batches: int = 4  # calibration batches that re-estimate BatchNorm statistics after each removal (0: off)
-    # allocation=search (engine/search.py): candidate widths, uniform among them, each pruned, BN re-estimated on
-    # the bn_batches and scored on search_batches held-out batches: the scorer the proxy check chose (BENCHMARKS.md)
+    reconstruct_batches: int = 0  # calibration batches that refit the removed channels' readers (plan/reconstruct.py)
+    # allocation=search (engine/search.py): candidates BN re-estimated on bn_batches, scored on search_batches
     search_candidates: int = 8
     search_spread: float = 0.5  # a candidate weighs each group's share of the removal by U[1 - s, 1 + s]
     search_batches: int = 8
@@ -193,9 +193,9 @@ class JobConfig:
             check_limit(key, getattr(self.prune, key), f"config prune.{key}")
         _check(self.prune.steps >= 1, "prune.steps", "must be >= 1", self.prune.steps)
         _check(self.prune.substeps >= 1, "prune.substeps", "must be >= 1", self.prune.substeps)
-        _check(self.prune.bn_batches >= 0, "prune.bn_batches", "must be >= 0", self.prune.bn_batches)
-        _check(self.prune.search_candidates >= 1, "prune.search_candidates", "must be >= 1",
-               self.prune.search_candidates)
+        for key in ("bn_batches", "reconstruct_batches"):
+            _check(getattr(self.prune, key) >= 0, f"prune.{key}", "must be >= 0", getattr(self.prune, key))
+        _check(self.prune.search_candidates >= 1, "prune.search_candidates", "must be >= 1", self.prune.search_candidates)
         _check(0 <= self.prune.search_spread < 1, "prune.search_spread", "must be in [0, 1)", self.prune.search_spread)
         _check(self.prune.search_batches >= 1, "prune.search_batches", "must be >= 1", self.prune.search_batches)
         check_allocation(self.prune.allocation, self.prune.normalize_by_cost, "config prune.")

@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,8 @@ class PruneJob:
             policy = self._search(model, groups, scores, target, t) if self.policy.allocation == "search" else self.policy
             selection = decide_and_remove(
                 model, groups, scores, self.input_size, target, policy,
-                rescore=lambda plan, g=groups: relevance.rescore(model, g, plan, t), rounds=cfg.criterion.replan)
+                rescore=lambda plan, g=groups: relevance.rescore(model, g, plan, t), rounds=cfg.criterion.replan,
+                before_removal=partial(self._reconstruct, model, groups, t) if cfg.prune.reconstruct_batches else None)
             plan.steps.append(selection.channels)
             assert_same_plan(self.col, plan)
             removed += sum(len(c) for c in selection.channels.values())
@@ -234,6 +236,13 @@ class PruneJob:
                  + (f", top-1 {row['pruned']['top1']:.4f} before fine-tuning" if "pruned" in row else ""))
         self.tracker.log_step(row, {g: s.tolist() for g, s in scores.items()})
         return row
+
+    def _reconstruct(self, model: nn.Module, groups: list, t: int, channels: dict[str, list[int]]) -> None:
+        """``prune.reconstruct_batches``: the readers of the channels refitted before their removal."""
+        t0 = time.perf_counter()
+        forwards = self.relevance.reconstruct(model, groups, t, channels)
+        add_wall_time(self.report, "reconstruct", time.perf_counter() - t0)
+        self.report["reconstruct_forward_batches"] = self.report.get("reconstruct_forward_batches", 0) + forwards
 
     def _search(self, model: nn.Module, groups: list, scores: dict, target: float, t: int):  # noqa: ANN201 (Policy)
         """``allocation=search``: the winning width candidate of step ``t`` (engine/search.py), on the step's

@@ -19,6 +19,7 @@ from singe_dist.data.streams import DataStreams
 from singe_dist.engine.collective import Collective
 from singe_dist.engine.faults import NoFaults
 from singe_dist.engine.train import recalibrate_batchnorm
+from singe_dist.plan.reconstruct import reconstruct
 from singe_dist.plan.removal_check import check_removal
 from singe_dist.relevance.criteria import rescore, score
 from singe_dist.relevance.groups import ChannelGroup, example_input, find_groups
@@ -47,7 +48,8 @@ class StepRelevance:
         prune = config.prune
         self.step_batches = max(1, config.criterion.calibration_batches if self.criterion.needs_data
                                 and not self.split_channels else 0,
-                                prune.bn_batches + (prune.search_batches if prune.allocation == "search" else 0))
+                                prune.bn_batches + (prune.search_batches if prune.allocation == "search" else 0),
+                                prune.reconstruct_batches)
 
     def calibration(self, streams: DataStreams, step: int, count: int) -> Batches:
         """The first ``count`` calibration batches of ``step``; only the current step's are kept."""
@@ -77,6 +79,13 @@ class StepRelevance:
         """The planned channels' shares of the plan's joint removal (``criterion.replan``), all-reduced."""
         batches = self.calibration(self.relevance_streams, step, self.config.criterion.calibration_batches)
         return rescore(self.criterion, model, groups, batches, plan, self.col.all_reduce_sum)
+
+    def reconstruct(self, model: nn.Module, groups: list[ChannelGroup], step: int,
+                    channels: dict[str, list[int]]) -> int:
+        """Refit the readers of ``channels`` before their removal (``prune.reconstruct_batches``), the normal
+        equations all-reduced so every rank sets the same weights; returns the batch forward passes run."""
+        batches = self.calibration(self.streams, step, self.config.prune.reconstruct_batches)
+        return reconstruct(model, groups, channels, batches, self.col.all_reduce_sum, seed=1009 * step)
 
     def recalibrate(self, model: nn.Module, step: int) -> None:
         """Re-estimate BatchNorm statistics after a removal (``prune.bn_batches``), identical on every rank."""

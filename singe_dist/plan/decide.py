@@ -48,6 +48,7 @@ def decide_and_remove(
     policy: Policy = Policy(),
     rescore: Callable[[dict[str, list[int]]], Mapping[str, torch.Tensor]] | None = None,
     rounds: int = 0,
+    before_removal: Callable[[dict[str, list[int]]], object] | None = None,
 ) -> Selection:
     """Select the least relevant channels down to ``target`` (of ``policy.metric``) and remove them in place.
 
@@ -56,6 +57,9 @@ def decide_and_remove(
     :func:`~singe_dist.relevance.criteria.planned_path_sums`); planned channels take that score,
     the others keep theirs, and the selection is made again. A channel that is cheap alone but
     essential together with the rest of the plan is then traded for one that is not.
+
+    ``before_removal(channels)`` runs on the final selection before the surgery (``prune.reconstruct_batches``
+    refits the layers that read the channels there, while the original shapes still line up).
     """
     def select(current: Mapping[str, torch.Tensor]) -> Selection:
         return select_channels(current, CostModel(model, groups, input_size), target, policy)
@@ -72,6 +76,8 @@ def decide_and_remove(
             break
         selection = revised
     if selection.channels:
+        if before_removal is not None:
+            before_removal(selection.channels)
         apply_step(model, selection.channels, input_size)
     return selection
 
