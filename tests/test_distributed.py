@@ -25,6 +25,7 @@ from singe_dist.engine.loop import PruneJob
 from singe_dist.engine.train import recalibrate_batchnorm
 from singe_dist.errors import SingeError
 from singe_dist.plan.plan import Plan
+from singe_dist.plan.reconstruct import reconstruct
 from singe_dist.relevance.criteria import CriterionConfig, score
 from singe_dist.relevance.registry import make_criterion
 from singe_dist.relevance.groups import example_input, find_groups
@@ -60,6 +61,15 @@ def _bn_batches(val: str, rank: int, world: int) -> list:
     return list(loader)[:3]
 
 
+def _reconstructed(checkpoint: str, batches: list, all_reduce_sum=None) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """The weights after refitting the readers of a few channels of two groups (plan/reconstruct.py)."""
+    model, *_ = load_model(checkpoint)
+    groups = find_groups(model, example_input(model, (3, DIGITS_SIZE, DIGITS_SIZE)))
+    channels = {groups[0].id: [0, 3], groups[1].id: [1]}
+    reconstruct(model, groups, channels, batches, all_reduce_sum)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def _bn_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
 
@@ -73,6 +83,7 @@ def _worker(rank: int, world: int, init_file: str, checkpoint: str, val: str, ou
         model, *_ = load_model(checkpoint)
         recalibrate_batchnorm(model, _bn_batches(val, rank, world), collective.all_reduce_sum)
         results["bn"] = _bn_statistics(model)
+        results["reconstruct"] = _reconstructed(checkpoint, _bn_batches(val, rank, world), collective.all_reduce_sum)
         plan = Plan("digits_resnet", 10, (3, 16, 16), [{"conv1": [0, 1]}])
         if rank == 1:
             plan.steps[0]["conv1"].append(2)  # a diverged rank
@@ -158,3 +169,12 @@ def test_every_rank_evaluates_scores_and_checkpoints_one_model(tmp_path, digits_
     assert len(ranks[0]) == 4  # baseline, after the removal, after its fine-tuning, final
     assert ranks[0] == ranks[1]
     assert len(set(ranks[0])) == 4
+
+
+def test_reconstruction_sets_the_same_weights_on_every_rank(two_rank_results, digits_shards, digits_baseline) -> None:
+    """Each rank refits on its own batches; the all-reduced normal equations give both ranks the same weights,
+    which neither rank's batches alone give."""
+    alone = _reconstructed(digits_baseline, _bn_batches(digits_shards["val"], 0, 2))
+    ranks = [r["reconstruct"] for r in two_rank_results]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in alone)
+    assert any(not torch.allclose(ranks[0][k], alone[k]) for k in alone)

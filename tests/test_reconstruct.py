@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 
 import pytest
 import torch
@@ -77,36 +76,6 @@ def test_refitting_lowers_the_held_out_loss_of_a_pruned_trained_network(trained_
         recalibrate_batchnorm(model, calibration)
         results.append(result_from_sums(eval_sums(model, held_out)))
     assert results[1].loss < 0.8 * results[0].loss, results
-
-
-def test_two_ranks_set_the_same_weights() -> None:
-    """Each rank refits on its own batch; the all-reduced normal equations give both the same weights,
-    which neither rank's batch alone gives."""
-    model = _net()
-    channels = {"0": [1, 5], "3": [0]}
-    shares = [[(torch.randn(32, 3, 12, 12), None)] for _ in range(2)]
-    barrier, sent = threading.Barrier(2), {}
-
-    def all_reduce(rank: int, tensor: torch.Tensor) -> torch.Tensor:
-        sent[rank] = tensor.clone()
-        barrier.wait()
-        total = sent[0] + sent[1]
-        barrier.wait()
-        return total
-
-    nets = [copy.deepcopy(model) for _ in range(2)]
-    threads = [threading.Thread(target=reconstruct, args=(nets[r], find_groups(nets[r], example_input(nets[r], (3, 12, 12))),
-                                                         channels, shares[r], lambda t, r=r: all_reduce(r, t)))
-               for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    alone = copy.deepcopy(model)
-    reconstruct(alone, find_groups(alone, example_input(alone, (3, 12, 12))), channels, shares[0])
-    for a, b, c in zip(nets[0].parameters(), nets[1].parameters(), alone.parameters()):
-        assert torch.equal(a, b)
-    assert not torch.equal(nets[0][3].weight, alone[3].weight)
 
 
 def test_a_reader_it_cannot_refit_is_refused_in_one_line() -> None:
