@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from singe_dist import cli
+from singe_dist.checkpoint import load_model
 from singe_dist.config import load_config
+from singe_dist.engine.faults import FAIL_AT_ENV, FAIL_EXIT_CODE, FAIL_MODE_ENV
 from singe_dist.engine.train import eval_sums, recalibrate_batchnorm, result_from_sums
 from singe_dist.errors import SingeError
 from singe_dist.plan.cost import CostModel, measure
@@ -20,7 +22,7 @@ from singe_dist.plan.select import Policy, select_channels
 from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
 from singe_dist.relevance.groups import example_input, find_groups
 
-from .support import DIGITS_SIZE, prune_argv
+from .support import DIGITS_SIZE, fork, prune_argv, wait
 
 INPUT = (3, DIGITS_SIZE, DIGITS_SIZE)
 
@@ -88,8 +90,19 @@ def test_a_reader_it_cannot_refit_is_refused_in_one_line() -> None:
         load_config(None, ["prune.reconstruct_batches=-1"])
 
 
-def test_a_job_refits_at_every_step_and_reports_the_cost(digits_shards, digits_baseline, tmp_path) -> None:
-    run_dir = tmp_path / "run"
-    assert cli.main(prune_argv(digits_shards, digits_baseline, run_dir, prune__reconstruct_batches=1)) == 0
-    report = json.loads((run_dir / "report.json").read_text())
+def test_a_job_refits_at_every_step_and_an_interrupted_run_resumes_to_the_same_network(
+        digits_shards, digits_baseline, tmp_path) -> None:
+    """The refit depends only on the step's calibration batches and seeded positions, so a run stopped in
+    its second step's relevance and resumed ends with the plan and the weights of an uninterrupted one."""
+    whole = tmp_path / "whole"
+    assert cli.main(prune_argv(digits_shards, digits_baseline, whole, prune__reconstruct_batches=1)) == 0
+    report = json.loads((whole / "report.json").read_text())
     assert report["wall_time_s"]["reconstruct"] > 0 and report["reconstruct_forward_batches"] > 0
+    run_dir = tmp_path / "run"
+    argv = prune_argv(digits_shards, digits_baseline, run_dir, prune__reconstruct_batches=1)
+    pid = fork(lambda: cli.main(argv), {FAIL_AT_ENV: "relevance:2", FAIL_MODE_ENV: "exit"}, tmp_path / "crash.log")
+    assert wait(pid) == FAIL_EXIT_CODE, (tmp_path / "crash.log").read_text()[-3000:]
+    assert cli.main([*argv, "--resume"]) == 0
+    assert json.loads((run_dir / "plan.json").read_text()) == json.loads((whole / "plan.json").read_text())
+    resumed, uninterrupted = (load_model(d / "pruned.pt")[0].state_dict() for d in (run_dir, whole))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
