@@ -15,11 +15,10 @@ from singe_dist.config import load_config
 from singe_dist.engine.faults import FAIL_AT_ENV, FAIL_EXIT_CODE, FAIL_MODE_ENV
 from singe_dist.engine.train import eval_sums, recalibrate_batchnorm, result_from_sums
 from singe_dist.errors import SingeError
-from singe_dist.plan.cost import CostModel, measure
+from singe_dist.plan.decide import Budget, prune_one_shot
 from singe_dist.plan.plan import apply_step
 from singe_dist.plan.reconstruct import reconstruct
-from singe_dist.plan.select import Policy, select_channels
-from singe_dist.relevance.criteria import CriterionConfig, compute_relevance
+from singe_dist.relevance.criteria import CriterionConfig
 from singe_dist.relevance.groups import example_input, find_groups
 
 from .support import DIGITS_SIZE, fork, prune_argv, wait
@@ -60,24 +59,23 @@ def test_a_removed_channel_that_duplicates_a_kept_one_is_recovered_exactly() -> 
 
 
 def test_refitting_lowers_the_held_out_loss_of_a_pruned_trained_network(trained_digits_model, digits_data) -> None:
-    """Half the MACs of a trained ResNet removed in one step, BatchNorm re-estimated either way: the network
-    whose readers were refitted (on other images than those scored) keeps a lower loss."""
+    """Half the MACs of a trained ResNet removed in one step (the Python API's ``prune_one_shot``), BatchNorm
+    re-estimated either way: the network whose readers were refitted (on other images than those scored)
+    keeps a lower loss."""
     x, y = digits_data["train"]
     held_out = [(x[512:768], y[512:768])]
     calibration = [(x[:128], y[:128]), (x[128:256], y[128:256])]
     results = []
     for refit in (False, True):
         model = copy.deepcopy(trained_digits_model)
-        groups = find_groups(model, example_input(model, INPUT))
-        scores = compute_relevance(model, groups, None, CriterionConfig(name="magnitude"))
-        selection = select_channels(scores, CostModel(model, groups, INPUT), 0.5 * measure(model, INPUT).macs,
-                                    Policy(allocation="uniform"))
-        if refit:
-            reconstruct(model, groups, selection.channels, calibration)
-        apply_step(model, selection.channels, INPUT)
+        prune_one_shot(model, "digits_resnet", 10, INPUT, calibration, CriterionConfig(), Budget("macs", 0.5),
+                       reconstruct=refit)
         recalibrate_batchnorm(model, calibration)
         results.append(result_from_sums(eval_sums(model, held_out)))
     assert results[1].loss < 0.8 * results[0].loss, results
+    with pytest.raises(SingeError, match="needs calibration batches"):
+        prune_one_shot(copy.deepcopy(trained_digits_model), "digits_resnet", 10, INPUT, None, CriterionConfig(),
+                       Budget("macs", 0.5), reconstruct=True)
 
 
 def test_a_reader_it_cannot_refit_is_refused_in_one_line() -> None:

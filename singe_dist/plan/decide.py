@@ -13,6 +13,7 @@ from singe_dist.errors import SingeError
 from singe_dist.plan.cost import CostModel, Footprint, measure
 from singe_dist.plan.limits import check_limit, check_metric
 from singe_dist.plan.plan import Plan, apply_step
+from singe_dist.plan.reconstruct import reconstruct as reconstruct_readers
 from singe_dist.plan.select import Policy, Selection, select_channels
 from singe_dist.relevance.criterion_config import CriterionConfig
 from singe_dist.relevance.criteria import rescore, score
@@ -93,11 +94,13 @@ def prune_one_shot(
     policy: Policy = Policy(),
     ignored_layers: Sequence[str] = (),
     scores: Mapping[str, torch.Tensor] | None = None,
+    reconstruct: bool = False,
 ) -> tuple[Plan, Selection]:
     """Score every channel once and remove the whole budget in one step (no fine-tuning).
 
     ``policy.metric`` must be the budget's. ``scores``: relevance computed earlier on this very model
-    (one scoring serves many budgets).
+    (one scoring serves many budgets). ``reconstruct``: refit the layers that read the removed channels
+    on the calibration batches first (:mod:`singe_dist.plan.reconstruct`), for use without fine-tuning.
     """
     if policy.metric != budget.metric:
         raise SingeError(f"the selection policy counts {policy.metric} but the budget counts {budget.metric}")
@@ -107,11 +110,15 @@ def prune_one_shot(
     batches = list(calibration) if calibration is not None else None
     if scores is None:
         scores = score(scorer, model, groups, batches)
+    if reconstruct and not batches:
+        raise SingeError("reconstruct=True needs calibration batches to refit on")
+    refit = partial(reconstruct_readers, model, groups, batches=batches) if reconstruct else None
     replan = None
     if criterion.replan and batches is not None:
         replan = partial(rescore, scorer, model, groups, batches)
     selection = decide_and_remove(
         model, groups, scores, input_size, budget.target(original), policy, rescore=replan, rounds=criterion.replan,
+        before_removal=refit,
     )
     plan = Plan(arch=arch, num_classes=num_classes, input_size=input_size, steps=[selection.channels])
     return plan, selection
