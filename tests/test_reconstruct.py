@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from singe_dist import cli
@@ -17,7 +18,7 @@ from singe_dist.engine.train import eval_sums, recalibrate_batchnorm, result_fro
 from singe_dist.errors import SingeError
 from singe_dist.plan.decide import Budget, prune_one_shot
 from singe_dist.plan.plan import apply_step
-from singe_dist.plan.reconstruct import reconstruct
+from singe_dist.plan.reconstruct import _rows, reconstruct
 from singe_dist.relevance.criteria import CriterionConfig
 from singe_dist.relevance.groups import example_input, find_groups
 
@@ -78,7 +79,40 @@ def test_refitting_lowers_the_held_out_loss_of_a_pruned_trained_network(trained_
                        Budget("macs", 0.5), reconstruct=True)
 
 
+def test_the_rows_are_the_patches_that_unfold_gives_at_the_sampled_positions() -> None:
+    """A strided, dilated, padded convolution: every sampled row is its im2col patch (``F.unfold``) and the
+    output there, so ``row @ W.T`` is the convolution's output at that position."""
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=2, dilation=2, bias=False)
+    x = torch.randn(4, 3, 11, 9)
+    with torch.no_grad():
+        y = conv(x)
+    rows, out = _rows(conv, x, y, torch.Generator().manual_seed(0), positions=6)
+    unfolded = F.unfold(x, 3, dilation=2, padding=2, stride=2).transpose(1, 2).reshape(-1, 27)  # (n * h * w, C k k)
+    matches = (rows[:, None, :] - unfolded[None]).abs().amax(-1) < 1e-6
+    assert rows.shape == (24, 27) and bool(matches.any(1).all())
+    assert torch.allclose(rows @ conv.weight.detach().reshape(5, -1).T, out, atol=1e-5)
+
+
+class _Shared(nn.Module):
+    """One convolution applied twice: a reader whose weights serve two inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(self.conv(self.stem(x))).mean((2, 3)))
+
+
 def test_a_reader_it_cannot_refit_is_refused_in_one_line() -> None:
+    shared = _Shared()
+    with pytest.raises(SingeError, match=r"cannot refit 'conv': it runs 2 times in one forward pass"):
+        groups = find_groups(shared, example_input(shared, (3, 8, 8)))
+        reconstruct(shared, groups, {groups[0].id: [1]}, [(torch.randn(4, 3, 8, 8), None)])
+    wide = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 64 * 64, 2))  # VGG's flattened classifier
+    with pytest.raises(SingeError, match=r"cannot refit '2' \(Linear\): 12289 unknowns per output, more than 8192"):
+        reconstruct(wide, find_groups(wide, example_input(wide, (3, 64, 64))), {"0": [0]},
+                    [(torch.randn(2, 3, 64, 64), None)])
     model = _net(padding="same")
     groups = find_groups(model, example_input(model, (3, 12, 12)))
     with pytest.raises(SingeError, match=r"cannot refit '3' \(Conv2d, padding 'same'\)") as err:

@@ -18,7 +18,6 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +216,8 @@ class PruneJob:
             selection = decide_and_remove(
                 model, groups, scores, self.input_size, target, policy,
                 rescore=lambda plan, g=groups: relevance.rescore(model, g, plan, t), rounds=cfg.criterion.replan,
-                before_removal=partial(self._reconstruct, model, groups, t) if cfg.prune.reconstruct_batches else None)
+                before_removal=(lambda c: self._reconstruct(model, plan, groups, t, c))
+                if cfg.prune.reconstruct_batches else None)
             plan.steps.append(selection.channels)
             assert_same_plan(self.col, plan)
             removed += sum(len(c) for c in selection.channels.values())
@@ -237,10 +237,10 @@ class PruneJob:
         self.tracker.log_step(row, {g: s.tolist() for g, s in scores.items()})
         return row
 
-    def _reconstruct(self, model: nn.Module, groups: list, t: int, channels: dict[str, list[int]]) -> None:
-        """``prune.reconstruct_batches``: the readers of the channels refitted before their removal."""
-        t0 = time.perf_counter()
-        forwards = self.relevance.reconstruct(model, groups, t, channels)
+    def _reconstruct(self, model: nn.Module, plan: Plan, groups: list, t: int, channels: dict[str, list[int]]) -> None:
+        """``prune.reconstruct_batches``: refit the readers first; a diverged rank stops here, not in its all-reduces."""
+        assert_same_plan(self.col, dataclasses.replace(plan, steps=[*plan.steps, channels]))
+        t0, forwards = time.perf_counter(), self.relevance.reconstruct(model, groups, t, channels)
         add_wall_time(self.report, "reconstruct", time.perf_counter() - t0)
         self.report["reconstruct_forward_batches"] = self.report.get("reconstruct_forward_batches", 0) + forwards
 

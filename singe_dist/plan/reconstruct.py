@@ -16,7 +16,11 @@ and :func:`~singe_dist.plan.plan.apply_step`):
 - consumers are refitted in the order the forward pass calls them, each on the inputs the network
   already refitted upstream gives it, so the errors do not pile up (the target is the consumer's
   output in a copy taken before the zeroing);
-- a convolution's rows are its input patches at ``POSITIONS`` random output positions per image;
+- a convolution's rows are its input patches at ``POSITIONS`` random output positions per image (more
+  where the reader has more than a quarter as many unknowns as that gives rows);
+- a reader run twice in one forward pass (shared weights), one with more than ``MAX_UNKNOWNS`` unknowns
+  per output (VGG's first classifier layer) or a convolution with non-numeric or non-zero padding is
+  refused in one line;
 - the normal equations ``(X'X + lambda I) W' = X'Y`` are summed in float64, and ``all_reduce_sum``
   adds every rank's, so every rank solves the same system and sets the same weights;
 - ``lambda`` is ``RIDGE`` times the mean diagonal of ``X'X``: it keeps the solve well posed when a
@@ -29,6 +33,7 @@ after as before.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -39,8 +44,9 @@ from singe_dist.errors import SingeError
 from singe_dist.relevance.groups import ChannelGroup
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
-POSITIONS = 16  # output positions sampled per image and convolution: rows of the least-squares problem
+POSITIONS = 16  # output positions sampled per image and convolution (more where 4 rows per unknown need more)
 RIDGE = 1e-3
+MAX_UNKNOWNS = 8192  # kept inputs x kernel of one reader: its float64 normal equations are 0.5 GB at this size
 
 
 class _Stop(Exception):
@@ -60,7 +66,12 @@ def removed_inputs(groups: Sequence[ChannelGroup], channels: Mapping[str, Sequen
     return {m: torch.unique(torch.cat(parts)) for m, parts in lost.items()}
 
 
-def _check(name: str, module: nn.Module) -> None:
+def _check(name: str, module: nn.Module, lost: torch.Tensor) -> None:
+    """Refuse, in one line, a reader this least-squares refit cannot handle."""
+    unknowns = module.weight[0].numel() - len(lost) * module.weight[0, 0].numel() + (module.bias is not None)
+    if unknowns > MAX_UNKNOWNS:
+        raise SingeError(f"prune.reconstruct_batches: cannot refit {name!r} ({type(module).__name__}): {unknowns} "
+                         f"unknowns per output, more than {MAX_UNKNOWNS}; set prune.reconstruct_batches=0")
     if isinstance(module, nn.Linear):
         return
     if not isinstance(module, nn.Conv2d) or isinstance(module.padding, str) or module.padding_mode != "zeros":
@@ -69,17 +80,19 @@ def _check(name: str, module: nn.Module) -> None:
                          "only Linear and Conv2d with numeric zero padding; set prune.reconstruct_batches=0")
 
 
-def _rows(module: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares rows: the consumer's inputs as its weight's columns see them, and its outputs."""
+def _rows(module: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+          positions: int = POSITIONS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares rows: the consumer's inputs as its weight's columns see them (``positions`` random output
+    positions per image of a convolution), and its outputs there."""
     if isinstance(module, nn.Linear):
         x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-        if x.shape[0] > POSITIONS * 128:  # token inputs: a random subset of rows
-            keep = torch.randperm(x.shape[0], generator=gen)[: POSITIONS * 128].to(x.device)
+        if x.shape[0] > positions * 128:  # token inputs: a random subset of rows
+            keep = torch.randperm(x.shape[0], generator=gen)[: positions * 128].to(x.device)
             x, y = x[keep], y[keep]
         return x, y
     n, _, h, w = y.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = module.kernel_size, module.stride, module.padding, module.dilation
-    p = min(POSITIONS, h * w)
+    p = min(positions, h * w)
     pos = torch.stack([torch.randperm(h * w, generator=gen)[:p] for _ in range(n)]).to(x.device)  # (n, p)
     i, j = pos // w, pos % w
     rows = (i * sh)[..., None] + torch.arange(kh, device=x.device) * dh  # (n, p, kh) in the padded input
@@ -110,16 +123,21 @@ def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[torc
     return seen[0], seen[1]
 
 
-def _call_order(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor) -> list[nn.Module]:
-    order: list[nn.Module] = []
-    handles = [m.register_forward_pre_hook(lambda m, _a: order.append(m) if m not in order else None)
-               for m in modules]
+def _call_order(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor,
+                names: Mapping[nn.Module, str]) -> list[nn.Module]:
+    """The readers in the order the forward pass calls them; one called twice (shared weights) is refused."""
+    calls: list[nn.Module] = []
+    handles = [m.register_forward_pre_hook(lambda m, _a: calls.append(m)) for m in modules]
     try:
         model(x)
     finally:
         for h in handles:
             h.remove()
-    return order
+    twice = [m for m in modules if calls.count(m) > 1]
+    if twice:
+        raise SingeError(f"prune.reconstruct_batches: cannot refit {names[twice[0]]!r}: it runs {calls.count(twice[0])} "
+                         "times in one forward pass (shared weights); set prune.reconstruct_batches=0")
+    return list(dict.fromkeys(calls))
 
 
 def _weight_columns(module: nn.Module, lost: torch.Tensor) -> torch.Tensor:
@@ -140,8 +158,8 @@ def reconstruct(model: nn.Module, groups: Sequence[ChannelGroup], channels: Mapp
     if not lost or not batches:
         return 0
     names = {m: n for n, m in model.named_modules()}
-    for module in lost:
-        _check(names.get(module, "?"), module)
+    for module, idx in lost.items():
+        _check(names.get(module, "?"), module, idx)
     device = next(model.parameters()).device
     was_training = model.training
     original = copy.deepcopy(model).eval()
@@ -149,7 +167,7 @@ def reconstruct(model: nn.Module, groups: Sequence[ChannelGroup], channels: Mapp
     try:
         for module, idx in lost.items():
             module.weight[:, idx] = 0
-        order = _call_order(model, list(lost), batches[0][0].to(device))
+        order = _call_order(model, list(lost), batches[0][0].to(device), names)
         for k, module in enumerate(order):
             _refit(model, original, module, names[module], lost[module], batches, device, all_reduce_sum, seed + k)
     finally:
@@ -164,12 +182,13 @@ def _refit(model: nn.Module, original: nn.Module, module: nn.Module, name: str, 
     keep = _weight_columns(module, lost).to(device)
     bias = module.bias is not None
     gen = torch.Generator().manual_seed(seed)
+    positions = max(POSITIONS, math.ceil(4 * (int(keep.sum()) + bias) / sum(len(x) for x, _ in batches)))
     xtx = xty = None
     for x, _ in batches:
         x = x.to(device)
         x_in, _ = _capture(model, module, x)
         _, target = _capture(original, twin, x)
-        rows, y = _rows(module, x_in, target, gen)
+        rows, y = _rows(module, x_in, target, gen, positions)
         rows = rows[:, keep].double()
         if bias:
             rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=device)], 1)
@@ -181,8 +200,9 @@ def _refit(model: nn.Module, original: nn.Module, module: nn.Module, name: str, 
     xtx, xty = both[:, : xtx.shape[1]], both[:, xtx.shape[1]:]
     ridge = RIDGE * xtx.diagonal().mean().clamp_min(1e-12)
     solution = torch.linalg.solve(xtx + ridge * torch.eye(xtx.shape[0], dtype=xtx.dtype, device=device), xty).T
-    flat = module.weight.view(module.weight.shape[0], -1)
+    flat = module.weight.reshape(module.weight.shape[0], -1).clone()  # reshape: channels-last weights too
     flat[:, keep] = solution[:, : int(keep.sum())].to(flat.dtype)
     flat[:, ~keep] = 0
+    module.weight.copy_(flat.view(module.weight.shape))
     if bias:
         module.bias.copy_(solution[:, -1].to(module.bias.dtype))
