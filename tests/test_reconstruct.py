@@ -106,9 +106,11 @@ class _Shared(nn.Module):
 
 def test_a_reader_it_cannot_refit_is_refused_in_one_line() -> None:
     shared = _Shared()
+    before = copy.deepcopy(shared.state_dict())
     with pytest.raises(SingeError, match=r"cannot refit 'conv': it runs 2 times in one forward pass"):
         groups = find_groups(shared, example_input(shared, (3, 8, 8)))
         reconstruct(shared, groups, {groups[0].id: [1]}, [(torch.randn(4, 3, 8, 8), None)])
+    assert all(torch.equal(v, before[k]) for k, v in shared.state_dict().items())  # refused before any change
     wide = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 64 * 64, 2))  # VGG's flattened classifier
     with pytest.raises(SingeError, match=r"cannot refit '2' \(Linear\): 12289 unknowns per output, more than 8192"):
         reconstruct(wide, find_groups(wide, example_input(wide, (3, 64, 64))), {"0": [0]},

@@ -81,7 +81,7 @@ def _check(name: str, module: nn.Module, lost: torch.Tensor) -> None:
 
 
 def _rows(module: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-          positions: int = POSITIONS) -> tuple[torch.Tensor, torch.Tensor]:
+          positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares rows: the consumer's inputs as its weight's columns see them (``positions`` random output
     positions per image of a convolution), and its outputs there."""
     if isinstance(module, nn.Linear):
@@ -159,15 +159,15 @@ def reconstruct(model: nn.Module, groups: Sequence[ChannelGroup], channels: Mapp
         return 0
     names = {m: n for n, m in model.named_modules()}
     for module, idx in lost.items():
-        _check(names.get(module, "?"), module, idx)
+        _check(names[module], module, idx)
     device = next(model.parameters()).device
     was_training = model.training
-    original = copy.deepcopy(model).eval()
     model.eval()
     try:
+        order = _call_order(model, list(lost), batches[0][0].to(device), names)  # refusals before any change
+        original = copy.deepcopy(model)
         for module, idx in lost.items():
             module.weight[:, idx] = 0
-        order = _call_order(model, list(lost), batches[0][0].to(device), names)
         for k, module in enumerate(order):
             _refit(model, original, module, names[module], lost[module], batches, device, all_reduce_sum, seed + k)
     finally:
@@ -201,8 +201,7 @@ def _refit(model: nn.Module, original: nn.Module, module: nn.Module, name: str, 
     ridge = RIDGE * xtx.diagonal().mean().clamp_min(1e-12)
     solution = torch.linalg.solve(xtx + ridge * torch.eye(xtx.shape[0], dtype=xtx.dtype, device=device), xty).T
     flat = module.weight.reshape(module.weight.shape[0], -1).clone()  # reshape: channels-last weights too
-    flat[:, keep] = solution[:, : int(keep.sum())].to(flat.dtype)
-    flat[:, ~keep] = 0
+    flat[:, keep] = solution[:, : int(keep.sum())].to(flat.dtype)  # the other columns: zeroed by reconstruct()
     module.weight.copy_(flat.view(module.weight.shape))
     if bias:
         module.bias.copy_(solution[:, -1].to(module.bias.dtype))
