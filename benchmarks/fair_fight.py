@@ -222,7 +222,8 @@ def run_ours(args: argparse.Namespace, data: dict[str, str], seed: int, recipe: 
     out = Path(tempfile.mkdtemp(dir=args.work, prefix=f"s{seed}-{recipe.label.replace(' ', '_')}-"))
     extra = [f"model.checkpoint={path}", f"prune.remove_fraction={fraction}", f"prune.steps={STEPS}",
              f"finetune.iters_per_step={per_step}", f"finetune.final_iters={iters - STEPS * per_step}",
-             "run.eval_after_prune=false", "finetune.amp=false", *recipe.overrides]  # fp32, as Torch-Pruning's rows
+             "run.eval_after_prune=false", "run.eval_after_step=false",  # only the final model counts (#26)
+             "finetune.amp=false", *recipe.overrides]  # fp32, as Torch-Pruning's rows
     config = job_config(args, data, seed, out, extra)
     report = PruneJob(config, log=lambda _m: None).run()
     dev = evaluate_checkpoint(args, data, seed, out / "pruned.pt", "dev")

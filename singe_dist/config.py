@@ -31,6 +31,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = 0  # also checkpoint every N fine-tune iterations (0: only after each step)
     eval_after_prune: bool = True  # also evaluate right after each removal, before fine-tuning
+    eval_after_step: bool = True  # evaluate after each step's fine-tuning (false: the baseline and final model only)
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
 
 
@@ -63,8 +64,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class CriterionSection(CriterionConfig):
-    """The criterion (see :class:`CriterionConfig`; its default, magnitude L2, is the registry's) plus how a
-    job feeds it."""
+    """The criterion (:class:`CriterionConfig`; the registry's default, magnitude L2) plus how a job feeds it."""
 
     calibration_batches: int = 4  # fresh batches per pruning step (per rank with split=data)
     split: Literal["data", "channels"] = "data"  # how ranks share relevance work (channels: path=channel only)

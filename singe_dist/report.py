@@ -73,11 +73,12 @@ def step_row(step: int, target_fraction: float, cost: Cost, original: Cost, metr
             "target": target, "last_unit_cost": last_unit_cost}
 
 
-def finish_row(row: dict[str, Any], finetune_loss: float, finetune_s: float, finetuned: dict[str, float],
+def finish_row(row: dict[str, Any], finetune_loss: float, finetune_s: float, finetuned: dict[str, float] | None,
                eval_s: float, skipped_samples: int) -> dict[str, Any]:
-    """What the step's fine-tuning and evaluation add to its row."""
-    row.update({"finetune_loss": finetune_loss, "finetune_s": finetune_s, "finetuned": finetuned, "eval_s": eval_s,
-                "skipped_samples": skipped_samples})
+    """What the step's fine-tuning and evaluation add to its row (no ``finetuned`` entry where
+    ``run.eval_after_step`` is off)."""
+    row.update({"finetune_loss": finetune_loss, "finetune_s": finetune_s, "eval_s": eval_s,
+                "skipped_samples": skipped_samples, **({"finetuned": finetuned} if finetuned else {})})
     return row
 
 
@@ -87,7 +88,8 @@ def step_metrics(row: dict[str, Any]) -> dict[str, float]:
                "relevance_s": row["relevance_s"], "finetune_s": row["finetune_s"],
                "skipped_samples": row["skipped_samples"], "channels_removed": row["channels_removed"]}
     for key in ("top1", "top5", "loss"):
-        metrics[key] = row["finetuned"][key]
+        if "finetuned" in row:
+            metrics[key] = row["finetuned"][key]
         if "pruned" in row:
             metrics[f"pruned_{key}"] = row["pruned"][key]
     return metrics
@@ -130,8 +132,8 @@ def summary_table(report: dict[str, Any]) -> str:
     rows = [["baseline", base["top1"], base["top5"], human(base["params"]), human(base["macs"]),
              f"{lat.get('baseline', {}).get('cpu_b1_ms', float('nan')):.2f}"]]
     for r in report["steps"]:
-        rows.append([f"step {r['step']}", r["finetuned"]["top1"], r["finetuned"]["top5"], human(r["params"]),
-                     human(r["macs"]), ""])
+        done = r.get("finetuned") or {"top1": "-", "top5": "-"}  # run.eval_after_step=false: not evaluated
+        rows.append([f"step {r['step']}", done["top1"], done["top5"], human(r["params"]), human(r["macs"]), ""])
     rows.append(["final", final["top1"], final["top5"], human(final["params"]), human(final["macs"]),
                  f"{lat.get('final', {}).get('cpu_b1_ms', float('nan')):.2f}"])
     return format_table(["model", "top-1", "top-5", "params", "MACs", "CPU ms (b=1)"], rows)

@@ -17,6 +17,7 @@ from singe_dist.engine.schedule import cumulative_fractions
 from singe_dist.errors import SingeError
 from singe_dist.plan.cost import measure
 from singe_dist.plan.plan import Plan
+from singe_dist.report import step_metrics, summary_table
 
 from .support import DIGITS_SIZE, as_sets, run_cli, small_job_config, small_job_overrides
 
@@ -75,6 +76,21 @@ def test_resume_after_a_crash_ends_with_the_same_plan_and_weights(digits_shards,
     b = read_checkpoint(tmp_path / "ref" / "pruned.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["finetuned"] for r in resumed["steps"]] == [r["finetuned"] for r in reference["steps"]]
+
+
+def test_skipping_the_step_evaluations_changes_the_report_only(digits_shards, digits_baseline, tmp_path) -> None:
+    """``run.eval_after_step=false`` (the fair fight's cells) drops one evaluation per step and nothing else."""
+    ref = _job(digits_shards, digits_baseline, tmp_path / "ref", run__eval_after_prune=False).run()
+    lean = _job(digits_shards, digits_baseline, tmp_path / "lean", run__eval_after_prune=False,
+                run__eval_after_step=False).run()
+    assert all("finetuned" in r for r in ref["steps"]) and not any("finetuned" in r for r in lean["steps"])
+    assert lean["final"] == ref["final"] and lean["baseline"] == ref["baseline"]
+    a = read_checkpoint(tmp_path / "lean" / "pruned.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "ref" / "pruned.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "top1" in step_metrics(ref["steps"][0]) and "top1" not in step_metrics(lean["steps"][0])
+    rows = [line.split("|") for line in summary_table(lean).splitlines() if line.startswith("| step")]
+    assert [r[2].strip() for r in rows] == ["-", "-"]  # not evaluated, and said so
 
 
 # one pruning step of 6 fine-tune iterations, a checkpoint after iteration 4

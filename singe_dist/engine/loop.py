@@ -187,14 +187,14 @@ class PruneJob:
         t0 = time.perf_counter()
         loss = self._finetune(model, t, self.config.finetune.iters_per_step, position, plan, opt_state)
         finetune_s, t0 = time.perf_counter() - t0, time.perf_counter()
-        finetuned = self._evaluate(model)
+        finetuned = self._evaluate(model) if self.config.run.eval_after_step else None
         eval_s = time.perf_counter() - t0
         add_wall_time(self.report, "finetune", finetune_s)
         add_wall_time(self.report, "eval", eval_s)
         finish_row(row, loss, finetune_s, finetuned, eval_s, self._skipped())
         self.report.pop("pending_row")
         self.report["steps"].append(row)
-        self.log(f"      after fine-tuning: top-1 {row['finetuned']['top1']:.4f}")
+        self.log(f"      after fine-tuning: top-1 {finetuned['top1']:.4f}" if finetuned else "      fine-tuned")
         self.tracker.log_metrics(step_metrics(row), step=t + 1)
         position = Position(t + 1, False, 0)
         self._save(model, plan, position, None, closes_step=t + 1)
