@@ -74,6 +74,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality import evaluate_checkpoint, job_config, prepare_data  # noqa: E402  (protocol v1's data and job base)
+from fair_verdict import verdicts  # noqa: E402  (the registered rules, applied)
 
 EPOCH = 390  # iterations of batch 128 in one pass over the 50,000 training images
 BASELINE_EPOCHS = 10
@@ -489,7 +490,8 @@ def main() -> None:
     text = (f"{args.dataset} cifar_resnet20, unpruned top-1 (test) {base_m:.4f} ± {base_s:.4f}; baselines: {curves}\n"
             f"budgets: {', '.join(f'{b} {round(f * trained)} iterations' for b, f in BUDGETS.items())}; "
             f"top-1 on the test split, mean ± std (seeds)\n\n"
-            + table(store, args.fractions) + "\n\n" + dev_choice(store))
+            + table(store, args.fractions) + "\n\n" + dev_choice(store) + "\n\n"
+            + verdicts(list(store.cells.values()), base_m))
     print(text)
     if args.out:
         from singe_dist.atomic import atomic_write_text

@@ -1,0 +1,69 @@
+"""The fair fight's registered rules (benchmarks/fair_verdict.py) on hand-built cells: each rule's edge."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from fair_verdict import length_check, must_shows, reconstruct_rule  # noqa: E402
+
+FRACTIONS, BUDGETS = (0.5, 0.7, 0.85), ("none", "short", "long")
+
+
+def _cell(recipe: str, seed: int, fraction: float, budget: str, top1: float, dev: float | None = None) -> dict:
+    return {"recipe": recipe, "seed": seed, "target": fraction, "budget": budget, "top1": top1,
+            "dev_top1": top1 if dev is None else dev}
+
+
+def _grid(recipe: str, value, seeds=(0, 1)) -> list[dict]:  # noqa: ANN001 (value: (seed, fraction, budget) -> top-1)
+    return [_cell(recipe, s, f, b, value(s, f, b)) for s in seeds for f in FRACTIONS for b in BUDGETS]
+
+
+@pytest.mark.parametrize(("gain", "converged"), [(0.0029, True), (0.0031, False)])
+def test_length_check_counts_the_shorter_converged_only_under_0_3_points(gain: float, converged: bool) -> None:
+    shorter = {"seed": 0, "iters": 100, "dev_top1": 0.9}
+    line = length_check(shorter, {"seed": 0, "iters": 200, "dev_top1": 0.9 + gain})
+    assert ("NOT converged" not in line) is converged and f"{gain * 100:+.2f} points" in line
+
+
+@pytest.mark.parametrize(("short_long_diff", "none_diff", "outcome"), [
+    (-0.0009, 0.2, "becomes the default"),
+    (-0.0011, 0.2, "becomes the advice for little or no fine-tuning"),
+    (0.01, -0.001, "no change"),
+])
+def test_reconstruction_rule(short_long_diff: float, none_diff: float, outcome: str) -> None:
+    default = _grid("default", lambda s, f, b: 0.9 - 0.001 * s)
+    recon = _grid("default reconstruct",
+                  lambda s, f, b: 0.9 - 0.001 * s + (none_diff if b == "none" else short_long_diff))
+    assert outcome in reconstruct_rule(default + recon)
+
+
+def test_reconstruction_rule_waits_for_every_seed_of_both_rows() -> None:
+    default = _grid("default", lambda s, f, b: 0.9)
+    recon = _grid("default reconstruct", lambda s, f, b: 0.95)
+    assert "incomplete" in reconstruct_rule(default + recon[:-1])
+
+
+def test_must_shows_weigh_the_margin_against_the_seed_spread() -> None:
+    # ours leads the peer by 1 point at 70%, by 0.1 at 85%; the seeds differ by 0.4 points (spread 0.28)
+    ours = _grid("default", lambda s, f, b: 0.5 if b == "none" else {0.5: 0.93, 0.7: 0.91, 0.85: 0.881}[f] - 0.004 * s)
+    peer = _grid("tp magnitude uniform", lambda s, f, b: 0.4 if b == "none" else {0.5: 0.92, 0.7: 0.90, 0.85: 0.88}[f])
+    lines = must_shows(ours + peer, unpruned_test=0.9325)
+    assert any(line.startswith("70% long: default beats every") for line in lines)
+    assert any(line.startswith("85% long: default level within the spread") for line in lines)
+    assert any("NO, 0.45 points below" in line for line in lines)  # 0.9325 - mean(0.93, 0.926)
+    assert lines[-1].startswith("No fine-tuning, default the best row: yes")
+
+
+def test_must_shows_name_a_row_that_is_behind_or_beaten_without_fine_tuning() -> None:
+    ours = _grid("default", lambda s, f, b: 0.30 if b == "none" else 0.90)
+    peer = _grid("tp taylor", lambda s, f, b: 0.35 if b == "none" else 0.90)
+    lines = must_shows(ours + peer, unpruned_test=0.9)
+    assert any(line.startswith("70% none: default BEHIND by more than the spread") for line in lines)
+    assert "NO (50%: tp taylor 0.3500 against 0.3000" in lines[-1]
+    lacking = [c for c in peer if (c["seed"], c["target"], c["budget"]) != (0, 0.7, "none")]
+    assert "incomplete" in must_shows(ours + lacking, unpruned_test=0.9)[0]  # 70% none: a peer lacks a seed
