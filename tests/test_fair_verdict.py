@@ -67,3 +67,17 @@ def test_must_shows_name_a_row_that_is_behind_or_beaten_without_fine_tuning() ->
     assert "NO (50%: tp taylor 0.3500 against 0.3000" in lines[-1]
     lacking = [c for c in peer if (c["seed"], c["target"], c["budget"]) != (0, 0.7, "none")]
     assert "incomplete" in must_shows(ours + lacking, unpruned_test=0.9)[0]  # 70% none: a peer lacks a seed
+
+
+def test_length_check_command_reads_two_baseline_summaries(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    for name, iters, dev in (("short", 100, 0.9), ("long", 200, 0.91)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"seed": 0, "iters": iters, "dev_top1": dev}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fair_verdict.py"
+    proc = subprocess.run([sys.executable, str(script), "--length", str(tmp_path / "short.json"),
+                           str(tmp_path / "long.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(100 vs 200 iterations, seed 0)" in proc.stdout and "+1.00 points" in proc.stdout
+    assert "NOT converged" in proc.stdout
