@@ -53,8 +53,8 @@ def test_must_shows_weigh_the_margin_against_the_seed_spread() -> None:
     ours = _grid("default", lambda s, f, b: 0.5 if b == "none" else {0.5: 0.93, 0.7: 0.91, 0.85: 0.881}[f] - 0.004 * s)
     peer = _grid("tp magnitude uniform", lambda s, f, b: 0.4 if b == "none" else {0.5: 0.92, 0.7: 0.90, 0.85: 0.88}[f])
     lines = must_shows(ours + peer, unpruned_test=0.9325)
-    assert any(line.startswith("70% long: default beats every") for line in lines)
-    assert any(line.startswith("85% long: default level within the spread") for line in lines)
+    assert "70% long: default beats Torch-Pruning's own recipes by more than the spread" in "\n".join(lines)
+    assert "85% long: default level with Torch-Pruning's own recipes within the spread" in "\n".join(lines)
     assert any("NO, 0.45 points below" in line for line in lines)  # 0.9325 - mean(0.93, 0.926)
     assert lines[-1].startswith("No fine-tuning, default the best row: yes")
 
@@ -63,7 +63,7 @@ def test_must_shows_name_a_row_that_is_behind_or_beaten_without_fine_tuning() ->
     ours = _grid("default", lambda s, f, b: 0.30 if b == "none" else 0.90)
     peer = _grid("tp taylor", lambda s, f, b: 0.35 if b == "none" else 0.90)
     lines = must_shows(ours + peer, unpruned_test=0.9)
-    assert any(line.startswith("70% none: default BEHIND by more than the spread") for line in lines)
+    assert any(line.startswith("70% none: default BEHIND one of Torch-Pruning's own") for line in lines)
     assert "NO (50%: tp taylor 0.3500 against 0.3000" in lines[-1]
     lacking = [c for c in peer if (c["seed"], c["target"], c["budget"]) != (0, 0.7, "none")]
     assert "incomplete" in must_shows(ours + lacking, unpruned_test=0.9)[0]  # 70% none: a peer lacks a seed
@@ -81,3 +81,15 @@ def test_length_check_command_reads_two_baseline_summaries(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert "(100 vs 200 iterations, seed 0)" in proc.stdout and "+1.00 points" in proc.stdout
     assert "NOT converged" in proc.stdout
+
+
+def test_rows_that_prune_with_torch_pruning_but_fine_tune_our_way_are_reported_apart() -> None:
+    ours = _grid("default", lambda s, f, b: 0.90)
+    own = _grid("tp magnitude uniform", lambda s, f, b: 0.85)
+    hybrid = [c for c in _grid("tp magnitude uniform, our fine-tuning", lambda s, f, b: 0.90) if c["budget"] != "none"]
+    text = "\n".join(must_shows(ours + own + hybrid, unpruned_test=0.9))
+    assert "70% short: default beats Torch-Pruning's own recipes by more than the spread" in text
+    assert "70% short: default level with every row Torch-Pruning pruned within the spread" in text
+    assert "70% none: default beats every row Torch-Pruning pruned" in text  # the hybrid has no none cells
+    assert "incomplete" not in text
+    assert "every row Torch-Pruning pruned" not in "\n".join(must_shows(ours + own, unpruned_test=0.9))
