@@ -491,7 +491,7 @@ def main() -> None:
             f"budgets: {', '.join(f'{b} {round(f * trained)} iterations' for b, f in BUDGETS.items())}; "
             f"top-1 on the test split, mean ± std (seeds)\n\n"
             + table(store, args.fractions) + "\n\n" + dev_choice(store) + "\n\n"
-            + verdicts(list(store.cells.values()), base_m))
+            + verdicts(list(store.cells.values()), bases))
     print(text)
     if args.out:
         from singe_dist.atomic import atomic_write_text

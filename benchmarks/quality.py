@@ -370,7 +370,10 @@ def entwined(args: argparse.Namespace, data: dict[str, str], store: Store) -> No
                  *ALLOCATIONS[allocation], f"prune.steps={args.steps}", f"finetune.iters_per_step={args.iters}",
                  f"finetune.final_iters={args.final_iters}", f"finetune.lr={args.lr}", "run.eval_after_prune=false",
                  *args.set]
-        report = PruneJob(job_config(args, data, seed, out, extra), log=lambda _m: None).run()
+        config = job_config(args, data, seed, out, extra)
+        if not config.run.eval_after_step:
+            raise SystemExit("quality.py: short_top1 is the evaluation after the last step; drop run.eval_after_step")
+        report = PruneJob(config, log=lambda _m: None).run()
         row = {"seed": seed, "criterion": label, "allocation": allocation, "target": fraction,
                "short_top1": report["steps"][-1]["finetuned"]["top1"], "long_top1": report["final"]["top1"],
                "long_dev_top1": evaluate_checkpoint(args, data, seed, out / "pruned.pt", "dev"),

@@ -7,7 +7,8 @@ CLI and the demo read it. Layout (:data:`REPORT_FORMAT`):
 - ``format``, ``config`` (flattened ``section.key``), ``world_size``, ``original`` (MACs and
   parameters of the unpruned architecture: 100% of the budget)
 - ``baseline``: top-1, top-5, loss and samples of the starting model, its MACs and parameters
-- ``steps``: one row per pruning step (:func:`step_row`; ``pruned`` and ``finetuned`` evaluations)
+- ``steps``: one row per pruning step (:func:`step_row`; ``pruned`` and ``finetuned`` evaluations, each
+  left out when ``run.eval_after_prune`` or ``run.eval_after_step`` is off)
 - ``final``: the evaluation after the final fine-tune, MACs, parameters, fraction removed
 - ``wall_time_s`` (seconds per phase), ``latency``, ``channels`` (per group, before and after),
   ``plan_digest``; ``peak_memory_mb`` (per rank: ``rss`` of its process, ``cuda`` on GPU);
