@@ -150,13 +150,12 @@ def _best_without_finetuning(cells: list[dict], ours: str, seeds: list[int]) -> 
     losses = []
     for fraction in fractions:
         rows = {r["recipe"] for r in cells if r["budget"] == "none" and abs(r["target"] - fraction) < 1e-9}
-        pairs = {label: paired(cells, ours, label, fraction, "none", seeds) for label in rows - {ours}}
-        if any(p is None for p in pairs.values()) or not set(seeds) <= _values(cells, ours, fraction, "none",
-                                                                                "top1").keys():
+        pairs = [paired(cells, ours, label, fraction, "none", seeds) for label in sorted(rows)]  # ours paired too
+        if None in pairs:
             return f"No fine-tuning, {ours} the best row: incomplete at {fraction:.0%} (a row lacks a seed)"
-        mine = statistics.fmean(_values(cells, ours, fraction, "none", "top1")[s] for s in seeds)
-        better = {label: statistics.fmean(p[1]) for label, p in pairs.items() if statistics.fmean(p[1]) >= mine}
-        losses += [f"{fraction:.0%}: {label} {mean:.4f} against {mine:.4f}" for label, mean in better.items()]
+        mine = statistics.fmean(pairs[0][0])
+        losses += [f"{fraction:.0%}: {label} {mean:.4f} against {mine:.4f}" for label, pair in zip(sorted(rows), pairs)
+                   if label != ours and (mean := statistics.fmean(pair[1])) >= mine]
     return f"No fine-tuning, {ours} the best row: " + ("yes at " + ", ".join(f"{f:.0%}" for f in fractions)
                                                           if not losses else "NO (" + "; ".join(losses) + ")")
 
